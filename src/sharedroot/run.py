@@ -1,0 +1,66 @@
+"""The one way sharedroot runs external programs: argument lists, never a shell."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sharedroot.errors import OperationError
+
+
+class CommandError(OperationError):
+    """An external program failed; the message carries the command and its stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        super().__init__(f"command failed (exit {returncode}): {shlex.join(self.argv)}{detail}")
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    check: bool = True,
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program and return its completed process (text mode).
+
+    With `capture` false, stdout and stderr go to ours (for long jobs whose
+    output a person should see); a failure then cannot quote stderr.
+    """
+    args = [str(a) for a in argv]
+    data = input.decode() if isinstance(input, bytes) else input
+    try:
+        proc = subprocess.run(
+            args,
+            input=data,
+            text=True,
+            capture_output=capture,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, 127, f"{args[0]}: not found ({exc.strerror})") from None
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise CommandError(args, -1, f"timed out after {timeout}s\n{err}") from None
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stderr or "")
+    return proc
+
+
+def have(program: str) -> bool:
+    """Whether `program` is on PATH (or an absolute path that exists)."""
+    return shutil.which(program) is not None
