@@ -87,9 +87,7 @@ def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
                 " layout addresses must be within 0000-0FFF"
             )
         if d.address in (ADMIN_OWN_ADDRESS, ADMIN_LINK_ADDRESS):
-            raise InputError(
-                f"{source}: address {d.address} overlaps the admin disk (0191/0192)"
-            )
+            raise InputError(f"{source}: address {d.address} overlaps the admin disk (0191/0192)")
         if d.address in seen:
             raise InputError(f"{source}: address {d.address} is given twice")
         seen[d.address] = d
@@ -102,7 +100,8 @@ def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
                 )
             if d.mount in mounts:
                 raise InputError(
-                    f"{source}: mount point {d.mount} is given twice ({mounts[d.mount]}, {d.address})"
+                    f"{source}: mount point {d.mount} is given twice"
+                    f" ({mounts[d.mount]}, {d.address})"
                 )
             mounts[d.mount] = d.address
         elif d.mount or d.fs:

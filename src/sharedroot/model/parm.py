@@ -88,7 +88,9 @@ class Identity:
             str(net.network_address),
             str(net.broadcast_address),
         ):
-            raise InputError(f"HostIP {self.ip}: is the network or broadcast address of /{self.prefix}")
+            raise InputError(
+                f"HostIP {self.ip}: is the network or broadcast address of /{self.prefix}"
+            )
         if self.gateway is not None:
             check_ipv4(self.gateway, "Gateway")
             if ipaddress.IPv4Address(self.gateway) not in net:

@@ -1,0 +1,408 @@
+"""sharedroot's command line: argument parsing, tables and JSON; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sharedroot.cli.ui import TerminalUI
+from sharedroot.errors import InputError, SharedrootError
+from sharedroot.model.parm import Identity, check_hostname, check_ipv4, check_netmask
+from sharedroot.model.types import Role, format_size, guest_name, parse_size
+from sharedroot.store.config import make_config
+from sharedroot.store.settings import SETTINGS
+from sharedroot.workflows import define, doctor, pipeline, report
+from sharedroot.workflows.context import Options, Outcome, Site, resolve_home
+from sharedroot.workflows.site import init_site
+
+Render = Callable[[Console], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    data: Any
+    render: Render
+    exit_code: int = 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with one clear line, as for bad files
+        self.exit(2, f"sharedroot: error: {message} (see --help)\n")
+
+
+def _ui(args: argparse.Namespace) -> TerminalUI:
+    return TerminalUI(quiet=args.json)
+
+
+def _opts(args: argparse.Namespace) -> Options:
+    return Options(
+        dry_run=getattr(args, "dry_run", False),
+        yes=getattr(args, "yes", False),
+        verify=getattr(args, "verify", False),
+    )
+
+
+def _site(args: argparse.Namespace) -> Site:
+    return Site.open(resolve_home(args.home))
+
+
+def _outcome(outcome: Outcome) -> Result:
+    def render(out: Console) -> None:
+        if outcome.dry_run:
+            out.print(f"{outcome.operation}: dry run, {len(outcome.steps)} steps, nothing changed")
+            return
+        if outcome.results:
+            table = Table("source", "target", "method", "size", "copied", "seconds")
+            for r in outcome.results:
+                table.add_row(
+                    r["source"],
+                    r["target"],
+                    r["method"],
+                    format_size(r["size"]),
+                    f"{r['bytes_copied'] / 2**20:.1f} MiB",
+                    f"{r['seconds']:.2f}",
+                )
+            out.print(table)
+        out.print(f"{outcome.operation}: done ({len(outcome.steps)} steps)")
+
+    data = {
+        "operation": outcome.operation,
+        "dry_run": outcome.dry_run,
+        "steps": outcome.steps,
+        "results": outcome.results,
+    }
+    return Result(data, render)
+
+
+# commands -------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> Result:
+    values = {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
+    sizes: dict[str, int] = {}
+    for item in args.size or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--size {item!r}: expected MOUNT=SIZE, e.g. /usr=2G")
+        sizes[key] = parse_size(value, f"--size {key}")
+    config = make_config(values, sizes)
+    home = resolve_home(args.home)
+    site = init_site(home, config, _ui(args))
+    data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}
+
+    def render(out: Console) -> None:
+        out.print(f"site created in {home} with {len(data['guests'])} guests")
+
+    return Result(data, render)
+
+
+def cmd_doctor(args: argparse.Namespace) -> Result:
+    rows = doctor.doctor()
+    missing = [r for r in rows if r["required"] and not r["found"]]
+
+    def render(out: Console) -> None:
+        table = Table("program", "found", "package", "needed for")
+        for r in rows:
+            mark = "yes" if r["found"] else ("[red]MISSING[/]" if r["required"] else "no")
+            table.add_row(str(r["program"]), mark, str(r["package"]), str(r["purpose"]))
+        out.print(table)
+        pkgs = sorted({str(r["package"]) for r in rows if not r["found"]})
+        if pkgs:
+            out.print(f"install with: apt-get install {' '.join(pkgs)}")
+        else:
+            out.print("everything sharedroot uses is here")
+
+    return Result({"programs": rows, "ok": not missing}, render, 1 if missing else 0)
+
+
+def cmd_guests(args: argparse.Namespace) -> Result:
+    rows = report.guests(_site(args))
+
+    def cells(g: dict[str, Any]) -> list[str]:
+        state = "logged on" if g["state"] == "logged_on" else "logged off"
+        disks = " ".join(d["address"] for d in g["disks"])
+        links = " ".join(
+            f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
+            for lk in g["links"]
+        )
+        return [g["name"], g["role"], state, disks, links]
+
+    def render(out: Console) -> None:
+        _table(out, ["guest", "role", "state", "disks", "links"], [cells(g) for g in rows])
+
+    return Result(rows, render)
+
+
+def _table(out: Console, headers: list[str], rows: list[list[str]]) -> None:
+    """A Rich table for a screenful; plain columns for long lists (fast, and for grep)."""
+    if len(rows) <= 100:
+        table = Table(*headers)
+        for r in rows:
+            table.add_row(*r)
+        out.print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [headers, *rows]
+    text = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
+    out.file.write(text + "\n")
+
+
+def cmd_linked(args: argparse.Namespace) -> Result:
+    facts = report.linked(_site(args))
+
+    def render(out: Console) -> None:
+        for line in report.linked_lines(facts):
+            out.print(line, markup=False)
+
+    return Result(facts, render)
+
+
+def cmd_define(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    role = Role.RW_CLONE if args.rw else Role.RO_CLONE
+    identity = None
+    given = [args.hostname, args.ip]
+    if any(given) and not all(given):
+        raise InputError("--hostname and --ip go together")
+    if args.hostname and args.ip:
+        identity = Identity(
+            hostname=check_hostname(args.hostname),
+            ip=check_ipv4(args.ip, "--ip"),
+            prefix=check_netmask(args.netmask),
+            gateway=check_ipv4(args.gateway, "--gateway") if args.gateway else None,
+            nameserver=check_ipv4(args.nameserver, "--nameserver") if args.nameserver else None,
+        )
+    elif args.netmask != "255.255.255.0" or args.gateway or args.nameserver:
+        raise InputError("--netmask, --gateway and --nameserver need --hostname and --ip")
+    site = _site(args)
+    return _outcome(define.define(site, _ui(args), _opts(args), guest, role, identity))
+
+
+def _copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Callable[..., Result]:
+    def handler(args: argparse.Namespace) -> Result:
+        return _outcome(fn(_site(args), _ui(args), _opts(args)))
+
+    return handler
+
+
+def cmd_clonerw(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    return _outcome(pipeline.clonerw(_site(args), _ui(args), _opts(args), guest))
+
+
+def cmd_journal(args: argparse.Namespace) -> Result:
+    site = _site(args)
+    rows = site.state.journal(args.limit)
+    data = [
+        {
+            "id": j.id,
+            "operation": j.operation,
+            "args": j.args,
+            "started": j.started,
+            "ended": j.ended,
+            "status": j.status,
+            "message": j.message,
+            "steps": [
+                {"at": at, "step": step, "status": status}
+                for at, step, status in site.state.journal_steps(j.id)
+            ],
+        }
+        for j in rows
+    ]
+
+    def render(out: Console) -> None:
+        table = Table("id", "operation", "started", "status", "steps", "message")
+        for j in reversed(data):
+            table.add_row(
+                str(j["id"]),
+                j["operation"],
+                j["started"],
+                j["status"],
+                str(len(j["steps"])),
+                j["message"] or "",
+            )
+        out.print(table)
+
+    return Result(data, render)
+
+
+# the parser -----------------------------------------------------------------
+
+
+def _writer_flags(p: argparse.ArgumentParser, confirm: bool = True) -> None:
+    p.add_argument("--dry-run", action="store_true", help="list the steps; change nothing")
+    if confirm:
+        p.add_argument(
+            "--yes",
+            "-y",
+            action="store_true",
+            help="do not ask before overwriting disks (needed without a terminal)",
+        )
+        p.add_argument(
+            "--verify", action="store_true", help="compare content hashes after each copy"
+        )
+
+
+def build_parser() -> ArgumentParser:
+    common = ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as JSON for scripts",
+    )
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the store (default: $SHAREDROOT_HOME, else /var/lib/sharedroot)",
+    )
+    parser = ArgumentParser(
+        prog="sharedroot",
+        description=(
+            "Run fleets of Linux guests on one shared read-only golden root, and keep that"
+            " root maintained: the system of IBM Redpaper 'Sharing and maintaining SLES 10"
+            " SP2 Linux under z/VM'. Pipeline: install -> maintenance guest (RWMNT) <->"
+            " test guest (RWTST); maintenance -> gold (mnt2gold); gold -> clones (clonerw)."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="the store (default: $SHAREDROOT_HOME, else /var/lib/sharedroot)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        handler: Callable[[argparse.Namespace], Result],
+        help: str,
+        aliases: Sequence[str] = (),
+    ) -> ArgumentParser:
+        p: ArgumentParser = sub.add_parser(
+            name, help=help, description=help, aliases=list(aliases), parents=[common]
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("init", cmd_init, "create site.toml and the store with the paper's guests and disks")
+    p.add_argument(
+        "--layout",
+        choices=["paper"],
+        default="paper",
+        help="paper: the guests of §1.4 and the disks of Table 1-1",
+    )
+    for s in SETTINGS:
+        p.add_argument(
+            f"--{s.key.replace('_', '-')}",
+            dest=s.key,
+            metavar=s.metavar,
+            help=f"{s.help} (default: {s.default})",
+        )
+    p.add_argument(
+        "--size",
+        action="append",
+        metavar="MOUNT=SIZE",
+        help="size of a layout disk, by mount point or address, e.g. /usr=2G",
+    )
+
+    add(
+        "doctor", cmd_doctor, "list host programs sharedroot needs and the packages that bring them"
+    )
+    add("guests", cmd_guests, "every guest: role, state (logged on/off), disks and links")
+    add(
+        "linked",
+        cmd_linked,
+        "which guests link which gold slot (LINKED EXEC); [[GOLD n]] is the current slot",
+    )
+    p = add("journal", cmd_journal, "the operation journal: what ran, each step, how it ended")
+    p.add_argument("--limit", type=int, default=20, help="how many operations (default 20)")
+
+    p = add(
+        "define",
+        cmd_define,
+        "define a clone guest: its disks, its link to the admin disk, its parm file",
+    )
+    p.add_argument("guest", help="the guest (z/VM user ID): 1-8 of A-Z 0-9 @ # $")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--rw", action="store_true", help="read-write clone (a full copy)")
+    kind.add_argument("--ro", action="store_true", help="read-only clone (links the gold)")
+    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=)")
+    p.add_argument("--ip", help="IPv4 address (parm file HostIP=)")
+    p.add_argument("--netmask", default="255.255.255.0", help="netmask or prefix length")
+    p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
+    p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
+    _writer_flags(p, confirm=False)
+
+    for name, fn, help, aliases in (
+        (
+            "mnt2tst",
+            pipeline.mnt2tst,
+            "copy the maintenance guest's disks onto the test guest (MNT2TST)",
+            ["maint-to-test"],
+        ),
+        (
+            "tst2mnt",
+            pipeline.tst2mnt,
+            "copy the test guest's disks back onto the maintenance guest (TST2MNT)",
+            ["test-to-maint"],
+        ),
+        (
+            "mnt2gold",
+            pipeline.mnt2gold,
+            "copy the maintenance guest onto the gold read-write disks 11Bx (MNT2GOLD)",
+            ["maint-to-gold"],
+        ),
+    ):
+        p = add(name, _copy_command(fn), help, aliases)
+        _writer_flags(p)
+
+    p = add(
+        "clonerw",
+        cmd_clonerw,
+        "copy the gold read-write disks 11Bx onto a guest's 01Bx (CLONERW)",
+        ["clone-rw"],
+    )
+    p.add_argument("guest", help="a guest defined with --rw")
+    _writer_flags(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or bad arguments (exit 2)
+        return exc.code if isinstance(exc.code, int) else 2
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    try:
+        result: Result = args.handler(args)
+    except SharedrootError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"sharedroot: {exc}", markup=False
+        )
+        return exc.exit_code
+    except KeyboardInterrupt:
+        Console(stderr=True).print("sharedroot: interrupted")
+        return 130
+    if args.json:
+        print(json.dumps(result.data, indent=2, default=str))
+    else:
+        result.render(out)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The embedded backend: disks are raw image files under the store, guests run as QEMU.
+
+"Logged on" means a live process holds the guest's run lock (an flock on
+run/<GUEST>.lock); QEMU inherits that lock, so it is released exactly when the
+guest's process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
+from sharedroot.model.layout import ADMIN_OWN_ADDRESS
+from sharedroot.model.types import DiskKind, GuestState, Mode, Role
+from sharedroot.run import run
+from sharedroot.store.state import DiskRow, LinkRow, State
+
+ADMIN_DISK_SIZE = 16 << 20
+
+
+def make_filesystem(
+    image: Path,
+    kind: DiskKind,
+    size: int,
+    fs: str | None,
+    source: Path | None = None,
+    label: str | None = None,
+) -> None:
+    """Create `image` (sparse, `size` bytes) holding an empty filesystem or swap.
+
+    With `source`, the filesystem is filled from that directory (mke2fs -d).
+    """
+    with open(image, "wb") as f:
+        f.truncate(size)
+    if kind is DiskKind.SWAP:
+        run(["mkswap", "-q", *(["-L", label] if label else []), image])
+    elif fs in ("ext2", "ext3", "ext4"):
+        argv: list[str | Path] = ["mke2fs", "-q", "-F", "-t", fs]
+        if label:
+            argv += ["-L", label]
+        if source is not None:
+            argv += ["-d", source]
+        run([*argv, image])
+    elif fs == "xfs":
+        if source is not None:
+            raise InputError("xfs disks cannot be filled from a directory; use ext2/3/4")
+        run(["mkfs.xfs", "-q", "-f", image])
+    else:
+        raise InputError(f"cannot make a filesystem of type {fs!r}")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, home: Path, state: State, admin: str) -> None:
+        self.home = home
+        self.state = state
+        self.admin = admin
+        self.disk_dir = home / "disks"
+        self.run_dir = home / "run"
+
+    # paths ------------------------------------------------------------------
+    def image_path(self, guest: str, address: str) -> Path:
+        return self.disk_dir / guest / f"{address}.img"
+
+    def disk_file(self, disk: DiskRow) -> Path:
+        return self.home / disk.file
+
+    def lock_path(self, guest: str) -> Path:
+        return self.run_dir / f"{guest}.lock"
+
+    def _admin_files(self) -> Path:
+        return self.disk_dir / self.admin / f"{ADMIN_OWN_ADDRESS}.files"
+
+    # guests -----------------------------------------------------------------
+    def query(self, guest: str) -> GuestState:
+        if self.state.guest(guest) is None:
+            return GuestState.NO_SUCH
+        return GuestState.LOGGED_ON if self.is_locked(guest) else GuestState.LOGGED_OFF
+
+    def is_locked(self, guest: str) -> bool:
+        try:
+            fd = os.open(self.lock_path(guest), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock we may have taken
+        return False
+
+    def take_lock(self, guest: str) -> int:
+        """Take the guest's run lock (LOGON); the returned fd must be passed to its process."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path(guest), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RefusedError(f"{guest} is already logged on") from None
+        return fd
+
+    def define_guest(self, guest: str, role: Role) -> None:
+        if self.state.guest(guest) is not None:
+            raise RefusedError(f"{guest} is already defined")
+        self.state.add_guest(guest, role)
+        (self.disk_dir / guest).mkdir(parents=True, exist_ok=True)
+
+    def delete_guest(self, guest: str) -> None:
+        self._require_logged_off(guest)
+        users = [lk for lk in self.state.links_to(guest) if lk.guest != guest]
+        if users:
+            raise RefusedError(f"{guest}: its disks are linked by {_names(users)}")
+        self.state.delete_guest(guest)
+        shutil.rmtree(self.disk_dir / guest, ignore_errors=True)
+
+    # disks ------------------------------------------------------------------
+    def add_disk(
+        self, guest: str, address: str, kind: DiskKind, size: int, fs: str | None
+    ) -> DiskRow:
+        self._require_guest(guest)
+        self._require_free_address(guest, address)
+        path = self.image_path(guest, address)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_filesystem(path, kind, size, fs)
+        row = DiskRow(guest, address, kind, fs, size, str(path.relative_to(self.home)))
+        self.state.add_disk(row)
+        return row
+
+    def remove_disk(self, guest: str, address: str) -> None:
+        disk = self._require_disk(guest, address)
+        self._require_logged_off(guest)
+        users = self.state.links_to(guest, address)
+        if users:
+            raise RefusedError(f"{guest} {address} is linked by {_names(users)}")
+        self.state.delete_disk(guest, address)
+        self.disk_file(disk).unlink(missing_ok=True)
+
+    # links ------------------------------------------------------------------
+    def link(self, guest: str, address: str, owner: str, owner_address: str, mode: Mode) -> None:
+        self._require_guest(guest)
+        self._require_disk(owner, owner_address)
+        self._require_free_address(guest, address)
+        if mode is Mode.MR:
+            writers = [
+                lk.guest
+                for lk in self.state.links_to(owner, owner_address)
+                if lk.mode is Mode.MR and lk.guest != guest
+            ]
+            if self.query(owner) is GuestState.LOGGED_ON and owner != guest:
+                writers.append(owner)
+            if writers:
+                raise RefusedError(
+                    f"LINK {owner} {owner_address} MR: {', '.join(sorted(set(writers)))}"
+                    " has write access"
+                )
+        self.state.add_link(LinkRow(guest, address, owner, owner_address, mode))
+
+    def detach(self, guest: str, address: str) -> None:
+        if self.state.link(guest, address) is None:
+            raise RefusedError(f"{guest} has no link at {address}")
+        self.state.delete_link(guest, address)
+
+    def links_to(self, owner: str, address: str | None = None) -> list[LinkRow]:
+        return self.state.links_to(owner, address)
+
+    # copy -------------------------------------------------------------------
+    def copy_disk(
+        self,
+        src_owner: str,
+        src_address: str,
+        dst_owner: str,
+        dst_address: str,
+        *,
+        progress: Progress | None = None,
+        verify: bool = False,
+    ) -> CopyResult:
+        src = self._require_disk(src_owner, src_address)
+        dst = self._require_disk(dst_owner, dst_address)
+        for guest in {src_owner, dst_owner}:
+            if self.query(guest) is GuestState.LOGGED_ON:
+                raise RefusedError(f"{guest} must be logged off")
+        users = [lk for lk in self.state.links_to(dst_owner, dst_address)]
+        if users:
+            raise RefusedError(
+                f"{dst_owner} {dst_address} is linked by {_names(users)}; it cannot be overwritten"
+            )
+        writers = [lk for lk in self.state.links_to(src_owner, src_address) if lk.mode is Mode.MR]
+        if writers:
+            raise RefusedError(
+                f"{src_owner} {src_address} is linked MR by {_names(writers)}; it may be changing"
+            )
+        if dst.size < src.size:
+            raise RefusedError(
+                f"{dst_owner} {dst_address} ({dst.size} bytes) is smaller than"
+                f" {src_owner} {src_address} ({src.size} bytes)"
+            )
+        result = copy_image(
+            self.disk_file(src), self.disk_file(dst), progress=progress, verify=verify
+        )
+        self.state.set_disk_size(dst_owner, dst_address, src.size)
+        return result
+
+    # admin disk -------------------------------------------------------------
+    def put_parm(self, guest: str, text: str) -> None:
+        files = self._admin_files()
+        files.mkdir(parents=True, exist_ok=True)
+        tmp = files / f".{guest}.PARM-S10.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, files / f"{guest}.PARM-S10")
+        self._rebuild_admin_disk()
+
+    def remove_parm(self, guest: str) -> None:
+        (self._admin_files() / f"{guest}.PARM-S10").unlink(missing_ok=True)
+        self._rebuild_admin_disk()
+
+    def get_parm(self, guest: str) -> str | None:
+        try:
+            return (self._admin_files() / f"{guest}.PARM-S10").read_text()
+        except FileNotFoundError:
+            return None
+
+    def _rebuild_admin_disk(self) -> None:
+        # Running guests hold the admin disk RR: build a new image and rename it into
+        # place, so each keeps the one it booted with (as a CMS disk changes under z/VM).
+        disk = self._require_disk(self.admin, ADMIN_OWN_ADDRESS)
+        path = self.disk_file(disk)
+        tmp = path.with_name(f".{path.name}.new")
+        try:
+            make_filesystem(tmp, DiskKind.FS, disk.size, "ext2", self._admin_files(), "CMSCLONE")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # guards -----------------------------------------------------------------
+    def _require_guest(self, guest: str) -> None:
+        if self.state.guest(guest) is None:
+            raise RefusedError(f"{guest} user ID does not exist")
+
+    def _require_logged_off(self, guest: str) -> None:
+        if self.query(guest) is GuestState.LOGGED_ON:
+            raise RefusedError(f"{guest} user ID must be logged off")
+
+    def _require_disk(self, guest: str, address: str) -> DiskRow:
+        self._require_guest(guest)
+        disk = self.state.disk(guest, address)
+        if disk is None:
+            raise RefusedError(f"{guest} has no disk at {address}")
+        if not self.disk_file(disk).is_file():
+            raise OperationError(f"{guest} {address}: image {self.disk_file(disk)} is missing")
+        return disk
+
+    def _require_free_address(self, guest: str, address: str) -> None:
+        if self.state.disk(guest, address) is not None or self.state.link(guest, address):
+            raise RefusedError(f"{guest} already has a device at {address}")
+
+
+def _names(links: list[LinkRow]) -> str:
+    return ", ".join(sorted({lk.guest for lk in links}))

@@ -1,0 +1,221 @@
+"""site.toml: reading with strict validation, and writing."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharedroot.errors import InputError
+from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout, check_layout
+from sharedroot.model.types import (
+    Access,
+    DiskKind,
+    address,
+    format_size,
+    guest_name,
+    parse_size,
+)
+from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY
+
+SITE_FILE = "site.toml"
+ROLE_KEYS = ("maintenance", "test", "staging", "worker", "admin")
+DISK_KEYS = ("kind", "mount", "fs", "access", "size")
+
+
+@dataclass(frozen=True)
+class PipelineGuests:
+    """The guests of the paper's §1.4 by role."""
+
+    maintenance: str  # S10RWMNT
+    test: str  # S10RWTST
+    staging: str  # S10ROGLD
+    worker: str  # LNXCLONE
+    admin: str  # CMSCLONE
+    gold: tuple[str, ...]  # S10GOLD, S10GOLD2, ...: slot n is gold[n-1]
+
+    def all(self) -> tuple[str, ...]:
+        return (self.maintenance, self.test, *self.gold, self.staging, self.worker, self.admin)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    backend: str
+    prefix: str
+    gold_slots: int
+    distro: str
+    memory_mb: int
+    guests: PipelineGuests
+    layout: Layout
+
+    def slot_holder(self, slot: int) -> str:
+        if not 1 <= slot <= self.gold_slots:
+            raise InputError(f"slot {slot}: this site has gold slots 1 to {self.gold_slots}")
+        return self.guests.gold[slot - 1]
+
+
+def default_guests(prefix: str, slots: int) -> PipelineGuests:
+    gold = tuple(f"{prefix}GOLD" if n == 1 else f"{prefix}GOLD{n}" for n in range(1, slots + 1))
+    return PipelineGuests(
+        maintenance=f"{prefix}RWMNT",
+        test=f"{prefix}RWTST",
+        staging=f"{prefix}ROGLD",
+        worker="LNXCLONE",
+        admin="CMSCLONE",
+        gold=gold,
+    )
+
+
+def make_config(values: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> SiteConfig:
+    """A paper-layout config from setting values (as `init` gets them) and size overrides."""
+    parsed = {s.key: s.parse(values.get(s.key, s.default), s.key) for s in SETTINGS}
+    disks = []
+    by_mount = dict(sizes or {})
+    for d in PAPER_LAYOUT:
+        key = d.mount or d.address
+        size = by_mount.pop(key, None) or by_mount.pop(d.address, None) or d.size
+        disks.append(DiskSpec(d.address, d.kind, size, d.access, d.mount, d.fs))
+    if by_mount:
+        raise InputError(f"--size {next(iter(by_mount))}: no such mount point or address")
+    guests = default_guests(parsed["prefix"], parsed["gold_slots"])
+    config = SiteConfig(guests=guests, layout=Layout(tuple(disks)), **parsed)
+    _check_guests(config.guests, "settings")
+    return config
+
+
+def _check_guests(guests: PipelineGuests, source: str) -> None:
+    names = guests.all()
+    for n in names:
+        guest_name(n, f"{source}: guest")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"{source}: guest {sorted(dup)[0]} has two roles")
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise InputError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: must be a table")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where} = {value!r}: must be a string")
+    return value
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Read and validate site.toml; every error names the file, the key and the rule."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no site here; run `sharedroot init` first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: malformed TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None
+    try:
+        return _parse(raw, path)
+    except InputError as exc:
+        msg = str(exc)
+        raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def _parse(raw: Mapping[str, Any], path: Path) -> SiteConfig:
+    _reject_unknown(raw, ("site", "guests", "disks"), "top level")
+    site = _table(raw.get("site", {}), "[site]")
+    _reject_unknown(site, tuple(SETTINGS_BY_KEY), "[site]")
+    parsed = {s.key: s.parse(site.get(s.key, s.default), f"[site] {s.key}") for s in SETTINGS}
+    defaults = default_guests(parsed["prefix"], parsed["gold_slots"])
+    gtab = _table(raw.get("guests", {}), "[guests]")
+    _reject_unknown(gtab, (*ROLE_KEYS, "gold"), "[guests]")
+    roles = {k: _str(gtab.get(k, getattr(defaults, k)), f"[guests] {k}").upper() for k in ROLE_KEYS}
+    gold_raw = gtab.get("gold", list(defaults.gold))
+    if not isinstance(gold_raw, list) or len(gold_raw) != parsed["gold_slots"]:
+        raise InputError(
+            f"[guests] gold: must be a list of {parsed['gold_slots']} names (one per gold slot)"
+        )
+    guests = PipelineGuests(gold=tuple(_str(g, "[guests] gold").upper() for g in gold_raw), **roles)
+    _check_guests(guests, "[guests]")
+    dtab = _table(raw.get("disks", {}), "[disks]")
+    if not dtab:
+        raise InputError("[disks]: the layout has no disks")
+    disks = [_disk(key, value) for key, value in dtab.items()]
+    seen: dict[str, str] = {}
+    for key, d in zip(dtab, disks, strict=True):
+        if d.address in seen:
+            raise InputError(
+                f"[disks.{key}]: address {d.address} overlaps [disks.{seen[d.address]}]"
+            )
+        seen[d.address] = key
+    check_layout(disks, "[disks]")
+    return SiteConfig(guests=guests, layout=Layout(tuple(disks)), **parsed)
+
+
+def _disk(key: str, value: Any) -> DiskSpec:
+    where = f"[disks.{key}]"
+    table = _table(value, where)
+    _reject_unknown(table, DISK_KEYS, where)
+    addr = address(key, f"{where} address")
+    kind_raw = _str(table.get("kind", "fs"), f"{where} kind")
+    try:
+        kind = DiskKind(kind_raw)
+    except ValueError:
+        raise InputError(
+            f"{where} kind = {kind_raw!r}: must be one of {', '.join(k.value for k in DiskKind)}"
+        ) from None
+    access_raw = _str(table.get("access", "rw"), f"{where} access")
+    try:
+        access = Access(access_raw)
+    except ValueError:
+        raise InputError(f"{where} access = {access_raw!r}: must be ro or rw") from None
+    if "size" not in table:
+        raise InputError(f"{where}: size is required")
+    size = parse_size(table["size"], f"{where} size")
+    mount = _str(table["mount"], f"{where} mount") if "mount" in table else None
+    fs = _str(table["fs"], f"{where} fs") if "fs" in table else None
+    if kind is DiskKind.FS and (mount is None or fs is None):
+        raise InputError(f"{where}: a filesystem disk needs mount and fs")
+    return DiskSpec(addr, kind, size, access, mount, fs)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(config: SiteConfig) -> str:
+    """site.toml text for a config; loading it gives the same config back."""
+    out = ["# sharedroot site: settings, the pipeline's guests, and the disk layout (Table 1-1)"]
+    out.append("[site]")
+    for s in SETTINGS:
+        value = getattr(config, s.key)
+        text = _toml_str(value) if isinstance(value, str) else str(value)
+        out.append(f"{s.key} = {text}  # {s.help}")
+    out.append("\n[guests]")
+    for key in ROLE_KEYS:
+        out.append(f"{key} = {_toml_str(getattr(config.guests, key))}")
+    out.append("gold = [" + ", ".join(_toml_str(g) for g in config.guests.gold) + "]")
+    for d in config.layout:
+        out.append(f"\n[disks.{d.address}]")
+        out.append(f"kind = {_toml_str(d.kind.value)}")
+        if d.mount is not None and d.fs is not None:
+            out.append(f"mount = {_toml_str(d.mount)}")
+            out.append(f"fs = {_toml_str(d.fs)}")
+        out.append(f"access = {_toml_str(d.access.value)}  # what a read-only clone gets")
+        out.append(f"size = {_toml_str(format_size(d.size))}")
+    return "\n".join(out) + "\n"
+
+
+def write_config(path: Path, config: SiteConfig) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_config(config))
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""GUESTS and LINKED: what the site holds, for people and for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sharedroot.model.types import GuestState
+from sharedroot.workflows.context import Site
+
+
+def guests(site: Site) -> list[dict[str, Any]]:
+    disks: dict[str, list[dict[str, Any]]] = {}
+    for d in site.state.disks():
+        disks.setdefault(d.owner, []).append(
+            {"address": d.address, "kind": d.kind.value, "fs": d.fs, "size": d.size}
+        )
+    links: dict[str, list[dict[str, Any]]] = {}
+    for lk in site.state.links():
+        links.setdefault(lk.guest, []).append(
+            {
+                "address": lk.address,
+                "owner": lk.owner,
+                "owner_address": lk.owner_address,
+                "mode": lk.mode.value,
+            }
+        )
+    out = []
+    for g in site.state.guests():
+        state = site.hv.query(g.name)
+        out.append(
+            {
+                "name": g.name,
+                "role": g.role.value,
+                "state": state.value,
+                "disks": disks.get(g.name, []),
+                "links": links.get(g.name, []),
+            }
+        )
+    return out
+
+
+def linked(site: Site) -> dict[str, Any]:
+    """Who links each gold holder: the LINKED EXEC's facts."""
+    cfg = site.config
+    current = site.state.current_slot()
+    slots = {s.slot: s for s in site.state.slots()}
+    holders: list[dict[str, Any]] = [
+        {
+            "holder": cfg.guests.staging,
+            "label": "TEST",
+            "slot": None,
+            "current": False,
+            "generation": None,
+            "clones": _linkers(site, cfg.guests.staging),
+        }
+    ]
+    for n, holder in enumerate(cfg.guests.gold, start=1):
+        row = slots.get(n)
+        holders.append(
+            {
+                "holder": holder,
+                "label": f"GOLD {n}",
+                "slot": n,
+                "current": n == current,
+                "generation": row.generation if row else None,
+                "clones": _linkers(site, holder),
+            }
+        )
+    return {"current_slot": current, "holders": holders}
+
+
+def _linkers(site: Site, owner: str) -> list[dict[str, Any]]:
+    names = sorted({lk.guest for lk in site.hv.links_to(owner) if lk.guest != owner})
+    return [{"name": n, "running": site.hv.query(n) is GuestState.LOGGED_ON} for n in names]
+
+
+def linked_lines(facts: dict[str, Any]) -> list[str]:
+    """The LINKED EXEC's own form: `S10GOLD2 LINKS: [[GOLD 2]]` marks the current slot."""
+    lines = []
+    for h in facts["holders"]:
+        label = f"[[{h['label']}]]" if h["current"] else h["label"]
+        names = " ".join(c["name"] for c in h["clones"])
+        lines.append(f"{h['holder']} LINKS: {label}" + (f" {names}" if names else ""))
+    return lines

@@ -1,0 +1,144 @@
+"""Shared fixtures: a real site in a temporary store, real images, real lock holders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sharedroot.cli.main import main
+from sharedroot.hypervisor.local import make_filesystem
+from sharedroot.workflows.context import Site
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], home: Path) -> Callable[..., Ran]:
+    """Run `sharedroot --home HOME ARGS...` in-process; returns exit code and output."""
+
+    def call(*args: str, home_dir: Path | None = None) -> Ran:
+        capsys.readouterr()
+        code = main(["--home", str(home_dir or home), *args])
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return call
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "site"
+
+
+@pytest.fixture(scope="session")
+def site_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A paper site made once by `init`; each test gets its own copy."""
+    home = tmp_path_factory.mktemp("template") / "site"
+    assert main(["--home", str(home), "init", "--layout", "paper"]) == 0
+    return home
+
+
+@pytest.fixture
+def site(site_template: Path, home: Path) -> Site:
+    subprocess.run(["cp", "-a", "--sparse=always", site_template, home], check=True)
+    return Site.open(home)
+
+
+def fill_disk(site: Site, guest: str, address: str, seed: str) -> None:
+    """Give a disk a filesystem with real files in it (content depends on `seed`)."""
+    disk = site.state.disk(guest, address)
+    assert disk is not None
+    src = site.home / "fill" / f"{guest}-{address}"
+    src.mkdir(parents=True)
+    for i in range(5):
+        (src / f"file{i}").write_bytes(hashlib.sha256(f"{seed}{i}".encode()).digest() * 4096)
+    (src / "etc").mkdir()
+    (src / "etc" / "hostname").write_text(f"{seed}\n")
+    make_filesystem(site.home / disk.file, disk.kind, disk.size, disk.fs, src)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sparse_hash(path: Path) -> str:
+    """Hash of a file's data extents with their offsets: changes when any byte does.
+
+    Reads only allocated data, so unchanged-checks over whole stores of sparse
+    images stay fast; independent of the copy engine's own content_hash.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        h.update(str(size).encode())
+        off = 0
+        while off < size:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            h.update(f"@{start}".encode())
+            f.seek(start)
+            left = end - start
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                h.update(chunk)
+                left -= len(chunk)
+            off = end
+    return h.hexdigest()
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Every regular file under root by content (the state of a whole store)."""
+    return {
+        str(p.relative_to(root)): sparse_hash(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in ("site.lock",) and not p.name.endswith(".lock")
+    }
+
+
+def image_hashes(site: Site) -> dict[str, str]:
+    return {f"{d.owner} {d.address}": sparse_hash(site.home / d.file) for d in site.state.disks()}
+
+
+@pytest.fixture
+def logged_on(site: Site) -> Iterator[Callable[[str], None]]:
+    """Log a guest on the way QEMU will: a live process holding its run lock."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def logon(guest: str) -> None:
+        lock = site.home / "run" / f"{guest}.lock"
+        lock.parent.mkdir(exist_ok=True)
+        proc = subprocess.Popen(["flock", "--no-fork", "--exclusive", str(lock), "sleep", "600"])
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while site.hv.query(guest).value != "logged_on":
+            assert time.monotonic() < deadline, "lock holder did not take the lock"
+            time.sleep(0.02)
+
+    yield logon
+    for p in procs:
+        p.kill()
+        p.wait()
