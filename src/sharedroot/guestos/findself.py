@@ -1,0 +1,457 @@
+"""findself: a guest takes its identity from its parm file at every boot (boot.findself).
+
+The paper's boot.findself links the guest's 191 disk (CMSCLONE 192), reads
+`<USERID> PARM-S10` and sed-edits hostname, hosts and the ifcfg file.  Here the guest
+learns its user ID from the hypervisor (QEMU's SMBIOS serial), mounts the admin disk
+(virtio serial 0191) read-only, validates the parm file with identity_from_parm and
+writes each file whole, only when the identity differs from what it last applied
+(recorded in /etc/sharedroot/identity).  A guest that is a new clone (another guest's
+record, or none) also gets its own machine-id and SSH host keys.
+
+Runs inside guests from a systemd unit, before the network and sshd start: standard
+library and sharedroot.model/errors/run only.  Never fails the boot: a bad parm file,
+no parm file or no admin disk is logged and the previous identity is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import stat
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sharedroot.errors import InputError, SharedrootError
+from sharedroot.guestos import network
+from sharedroot.model.parm import Identity, identity_from_parm
+from sharedroot.model.types import guest_name as check_guest_name
+from sharedroot.run import CommandError, have, run
+
+UNIT_NAME = "sharedroot-findself.service"
+ADMIN_ADDRESS = "0191"
+ADMIN_DEVICE = f"/dev/disk/by-id/virtio-{ADMIN_ADDRESS}"
+PARM_SUFFIX = ".PARM-S10"
+SERIAL_FILE = "sys/class/dmi/id/product_serial"
+RECORD_FILE = "etc/sharedroot/identity"
+MAX_PARM_BYTES = 64 * 1024
+
+Log = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    # Under systemd stdout goes to the journal; flush so lines keep their order.
+    print(line, flush=True)
+
+
+@dataclass
+class Result:
+    """What one run did: `changes` one line each; `problem` why nothing was applied."""
+
+    guest: str | None = None
+    identity: Identity | None = None
+    changes: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+def unit_text(pythonpath: str) -> str:
+    """The systemd unit that runs findself early at every boot.
+
+    Ordering: after local-fs.target (on read-only clones /etc is already /local/etc,
+    bound before PID 1; /var is mounted), before anything that reads the hostname,
+    the .network files, resolv.conf or the host keys.  It is Before=sysinit.target so
+    every ordinary service starts after it.  It is also before
+    systemd-machine-id-commit.service, so on a first boot it sees systemd's fresh
+    transient machine-id still mounted over /etc/machine-id and leaves it alone.
+    WantedBy=sysinit.target (Wants, not Requires): a failure never stops the boot.
+    """
+    if not re.fullmatch(r"/[A-Za-z0-9._/:+-]*", pythonpath):
+        raise InputError(f"PYTHONPATH {pythonpath!r}: must be absolute paths of plain characters")
+    return f"""\
+[Unit]
+Description=sharedroot findself: hostname and address from this guest's parm file
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service systemd-udev-trigger.service
+Before=sysinit.target shutdown.target systemd-machine-id-commit.service
+Before=network-pre.target systemd-networkd.service networking.service
+Before=systemd-resolved.service systemd-hostnamed.service ssh.service
+Wants=network-pre.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=PYTHONPATH={pythonpath}
+# The root may be read-only: no __pycache__ writes.
+Environment=PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself
+StandardOutput=journal+console
+TimeoutStartSec=90
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def read_guest_name(root: Path) -> str:
+    """This guest's z/VM-style user ID, as QEMU gives it (-smbios type=1,serial=GUEST)."""
+    path = root / SERIAL_FILE
+    try:
+        raw = path.read_text(errors="replace")
+    except OSError as exc:
+        raise InputError(f"no guest name: cannot read /{SERIAL_FILE} ({exc.strerror})") from None
+    return check_guest_name(raw, f"guest name in /{SERIAL_FILE}")
+
+
+def read_parm(parm_dir: Path, guest: str) -> tuple[str, str]:
+    """(file name, text) of `<GUEST>.PARM-S10` on the admin disk; InputError if unusable."""
+    name = f"{guest}{PARM_SUFFIX}"
+    try:
+        entries = os.listdir(parm_dir)
+    except OSError as exc:
+        raise InputError(f"admin disk at {parm_dir}: {exc.strerror}") from None
+    if name not in entries:
+        # CMS file names are upper case, but a hand-made disk may differ in case.
+        matches = [e for e in entries if e.upper() == name]
+        if not matches:
+            raise InputError(f"no parm file {name} on the admin disk")
+        name = sorted(matches)[0]
+    try:
+        # No symlinks: a link on the shared disk could point at this guest's own secrets.
+        fd = os.open(parm_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"parm file {name}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"parm file {name}: not a regular file")
+        data = f.read(MAX_PARM_BYTES + 1)
+    if len(data) > MAX_PARM_BYTES:
+        raise InputError(f"parm file {name}: larger than {MAX_PARM_BYTES} bytes")
+    try:
+        return name, data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"parm file {name}: not UTF-8 text") from None
+
+
+def _record(guest: str, identity: Identity) -> dict[str, object]:
+    return {
+        "guest": guest,
+        "hostname": identity.hostname,
+        "ip": identity.ip,
+        "prefix": identity.prefix,
+        "gateway": identity.gateway,
+        "nameserver": identity.nameserver,
+    }
+
+
+def _load_record(root: Path, log: Log) -> dict[str, object] | None:
+    path = root / RECORD_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log(f"findself: ignoring unreadable /{RECORD_FILE}: {exc}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- writing -----------------------------------------------------------------------
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Replace `path` with `text` atomically, unless it already holds exactly that.
+
+    A reboot mid-write must never leave a half-written /etc/hosts; an existing file
+    keeps its mode and owner.
+    """
+    if not path.is_symlink() and _read_or_none(path) == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uid = gid = -1
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode):
+            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    tmp = path.with_name(f".{path.name}.findself")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            if uid != -1 and (uid, gid) != (os.getuid(), os.getgid()):
+                os.fchown(f.fileno(), uid, gid)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def _systemd_made(root: Path, current: str) -> bool:
+    """Whether PID 1 generated this boot's machine-id itself (first boot of this clone).
+
+    On a first boot ("uninitialized" in /etc/machine-id) systemd makes a fresh ID,
+    mounts /run/machine-id over /etc/machine-id and later commits it: it is new already,
+    and replacing it now would split PID 1's ID from the one on disk.
+    """
+    path = root / "etc/machine-id"
+    try:
+        if path.stat().st_dev != path.parent.stat().st_dev:
+            return True
+    except OSError:
+        return False
+    return _read_or_none(root / "run/machine-id") in (current, current + "\n")
+
+
+def fresh_machine_id(root: Path) -> str | None:
+    """Give a copied clone its own machine-id; what changed, or None."""
+    path = root / "etc/machine-id"
+    current = (_read_or_none(path) or "").strip()
+    if current in ("", "uninitialized") or _systemd_made(root, current):
+        # systemd makes (or just made) one of its own at this first boot.
+        return None
+    write_if_changed(path, uuid.uuid4().hex + "\n", mode=0o444)
+    # libdbus reads its own copy before /etc/machine-id; a Debian symlink is fine.
+    dbus = root / "var/lib/dbus/machine-id"
+    if dbus.is_file() and not dbus.is_symlink():
+        dbus.unlink()
+    return "machine-id: replaced the one copied from another guest (systemd uses it from next boot)"
+
+
+def fresh_ssh_keys(root: Path, log: Log) -> str | None:
+    """Remove copied SSH host keys and make this guest's own with `ssh-keygen -A`."""
+    ssh = root / "etc/ssh"
+    if not ssh.is_dir():
+        return None
+    old = sorted(p for p in ssh.glob("ssh_host_*") if not p.is_dir())
+    has_sshd = any((root / d / "sshd").exists() for d in ("usr/sbin", "sbin"))
+    if not old and not has_sshd:
+        return None
+    for p in old:
+        p.unlink()
+    if not have("ssh-keygen"):
+        return f"ssh host keys: removed {len(old)} copied keys (no ssh-keygen to make new ones)"
+    try:
+        # -f is a prefix: keys land in <root>/etc/ssh, so this also works on a tree.
+        run(["ssh-keygen", "-A", "-f", str(root)])
+    except CommandError as exc:
+        log(f"findself: ssh-keygen failed, sshd has no host keys: {exc}")
+        return f"ssh host keys: removed {len(old)} copied keys (ssh-keygen failed)"
+    made = sorted(p.name for p in ssh.glob("ssh_host_*_key"))
+    verb = "replaced" if old else "generated"
+    return f"ssh host keys: {verb} ({', '.join(made)})"
+
+
+# --- the core ----------------------------------------------------------------------
+
+
+def findself(
+    root: Path = Path("/"),
+    *,
+    guest_name: str | None = None,
+    parm_dir: Path | None = None,
+    log: Log = _print,
+) -> Result:
+    """Apply this guest's parm file to the system at `root`; see the module docstring.
+
+    Writes nothing when the guest name or the parm file is missing or invalid.  When
+    the identity equals the recorded one, changes nothing, even files edited by hand
+    since (the admin's edits survive reboots; a new parm file rewrites them).
+    """
+    result = Result()
+
+    def keep(reason: str) -> Result:
+        result.problem = reason
+        log(f"findself: {reason}; keeping the current identity")
+        return result
+
+    try:
+        guest = check_guest_name(guest_name) if guest_name is not None else read_guest_name(root)
+    except InputError as exc:
+        return keep(str(exc))
+    result.guest = guest
+    if parm_dir is None:
+        return keep(f"no admin disk ({ADMIN_ADDRESS}) for {guest}")
+    try:
+        name, text = read_parm(parm_dir, guest)
+        identity = identity_from_parm(text)
+    except InputError as exc:
+        return keep(f"{guest}: {exc}")
+    result.identity = identity
+
+    wanted = _record(guest, identity)
+    old = _load_record(root, log)
+    summary = f"{identity.hostname} {identity.ip}/{identity.prefix}"
+    if old == wanted:
+        log(f"findself: {guest} is {summary} as recorded; nothing to do")
+        return result
+    new_clone = old is None or old.get("guest") != guest
+    log(f"findself: {guest} from {name}: {summary}" + (" (new clone)" if new_clone else ""))
+
+    def change(line: str | None) -> None:
+        if line:
+            result.changes.append(line)
+            log(f"findself: {line}")
+
+    short = identity.short_name
+    hostname_file = root / "etc/hostname"
+    before = (_read_or_none(hostname_file) or "").strip() or "(none)"
+    if write_if_changed(hostname_file, short + "\n"):
+        change(f"hostname {before} -> {short}")
+    if write_if_changed(root / network.HOSTS, network.hosts_text(identity)):
+        change(f"hosts: {identity.ip} {identity.hostname}")
+    if root.resolve() == Path("/"):
+        # The kernel's name too, before ssh-keygen writes it into the key comments.
+        running = socket.gethostname()
+        if running != short:
+            try:
+                socket.sethostname(short)
+            except OSError as exc:
+                # /etc/hostname is right; PID 1 sets the kernel's name from it next boot.
+                log(f"findself: cannot set the running hostname: {exc}")
+            else:
+                change(f"running hostname {running} -> {short}")
+    _write_network(root, identity, change, log)
+    if new_clone:
+        change(fresh_machine_id(root))
+        change(fresh_ssh_keys(root, log))
+    # Last: a run cut short is redone whole at the next boot.
+    write_if_changed(root / RECORD_FILE, json.dumps(wanted, indent=2) + "\n")
+    return result
+
+
+def _write_network(root: Path, identity: Identity, change: Log, log: Log) -> None:
+    route = f" gateway {identity.gateway}" if identity.gateway else ""
+    address = f"{identity.ip}/{identity.prefix}{route}"
+    stack = network.detect(root)
+    if stack is network.NetStack.NETWORKD:
+        if write_if_changed(root / network.NETWORKD_FILE, network.networkd_text(identity)):
+            change(f"network (systemd-networkd): {address}")
+    elif stack is network.NetStack.IFUPDOWN:
+        iface = network.ifupdown_interface(root)
+        text = network.ifupdown_text(identity, iface)
+        if write_if_changed(root / network.IFUPDOWN_FILE, text):
+            change(f"network (ifupdown, {iface}): {address}")
+        if network.ifupdown_conflicts(root, iface):
+            log(f"findself: /etc/network/interfaces also defines {iface}; remove that stanza")
+    else:
+        log("findself: neither systemd-networkd nor ifupdown found; address not configured")
+    resolv = network.resolv_conf_text(identity)
+    if (
+        resolv is not None
+        and not network.uses_resolved(root)
+        and write_if_changed(root / network.RESOLV_CONF, resolv)
+    ):
+        change(f"resolv.conf: nameserver {identity.nameserver}")
+
+
+# --- the unit's entry --------------------------------------------------------------
+
+
+def find_admin_device(device: str, wait: float) -> Path | None:
+    """The admin disk's device node, waiting up to `wait` seconds for it to appear.
+
+    The by-id link needs udev; the kernel's own /sys/block/*/serial does not, so it
+    is the fallback when findself runs before udev has caught up.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        if Path(device).exists():
+            return Path(device)
+        if device == ADMIN_DEVICE:
+            for serial in sorted(Path("/sys/block").glob("*/serial")):
+                if (_read_or_none(serial) or "").strip() == ADMIN_ADDRESS:
+                    node = Path("/dev") / serial.parent.name
+                    if node.exists():
+                        return node
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def admin_disk(device: str, wait: float, log: Log) -> Iterator[Path | None]:
+    """Mount the admin disk read-only on a temporary directory; None if it cannot."""
+    node = find_admin_device(device, wait)
+    if node is None:
+        log(f"findself: no admin disk: {device} did not appear within {wait:g}s")
+        yield None
+        return
+    # /run is a tmpfs from PID 1 on; /tmp may not be mounted this early.
+    base = "/run" if os.path.isdir("/run") else None
+    mnt = Path(tempfile.mkdtemp(prefix="sharedroot-findself-", dir=base))
+    try:
+        try:
+            run(["mount", "-o", "ro,nosuid,nodev,noexec", str(node), str(mnt)])
+        except CommandError as exc:
+            log(f"findself: cannot mount the admin disk: {exc}")
+            yield None
+            return
+        try:
+            yield mnt
+        finally:
+            try:
+                run(["umount", str(mnt)])
+            except CommandError as exc:
+                log(f"findself: cannot unmount the admin disk: {exc}")
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """0 unless findself itself broke: a missing or bad parm file keeps the boot going."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m sharedroot.guestos.findself",
+        description="Take this guest's hostname and address from its parm file.",
+    )
+    parser.add_argument("--root", type=Path, default=Path("/"), help="system root (default /)")
+    parser.add_argument("--guest", help="guest name (default: the SMBIOS serial)")
+    parser.add_argument("--parm-dir", type=Path, help="a mounted admin disk (default: mount it)")
+    parser.add_argument(
+        "--device", default=ADMIN_DEVICE, help=f"admin disk (default {ADMIN_DEVICE})"
+    )
+    parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the disk")
+    args = parser.parse_args(argv)
+    try:
+        if args.parm_dir is not None:
+            findself(args.root, guest_name=args.guest, parm_dir=args.parm_dir)
+        else:
+            with admin_disk(args.device, args.wait, _print) as mnt:
+                findself(args.root, guest_name=args.guest, parm_dir=mnt)
+    except (OSError, SharedrootError) as exc:
+        # A real failure (disk full, I/O error): the unit shows failed, the boot goes on.
+        print(f"findself: failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

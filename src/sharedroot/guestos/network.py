@@ -1,0 +1,149 @@
+"""Network configuration a guest gets from its identity: pure text writers plus a detector.
+
+findself writes each file whole from an Identity (the paper's boot.findself edited the
+SUSE ifcfg file with sed, which breaks as soon as the old value is not where it expects).
+Runs inside guests: standard library and sharedroot.model only.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from sharedroot.model.parm import Identity
+
+HEADER = "# Written by sharedroot findself from this guest's parm file; changes are overwritten.\n"
+
+# 10- sorts before the gold's 80-sharedroot-default.network (DHCP); networkd applies the
+# first file that matches a link, so the static address wins.
+NETWORKD_FILE = "etc/systemd/network/10-sharedroot.network"
+IFUPDOWN_FILE = "etc/network/interfaces.d/sharedroot"
+RESOLV_CONF = "etc/resolv.conf"
+HOSTS = "etc/hosts"
+
+_UNIT_DIRS = ("usr/lib/systemd/system", "lib/systemd/system")
+
+
+class NetStack(StrEnum):
+    """What configures the NIC in an image."""
+
+    NETWORKD = "systemd-networkd"
+    IFUPDOWN = "ifupdown"
+    NONE = "none"
+
+
+def _enabled(root: Path, unit: str) -> bool:
+    """Whether `systemctl enable` left a link to `unit` in some *.wants directory of /etc."""
+    wants = root / "etc/systemd/system"
+    return any(os.path.lexists(d / unit) for d in wants.glob("*.wants"))
+
+
+def _installed(root: Path, unit: str) -> bool:
+    return any((root / d / unit).exists() for d in _UNIT_DIRS)
+
+
+def detect(root: Path) -> NetStack:
+    """networkd when enabled; else ifupdown when /etc/network/interfaces exists; else
+    networkd when at least installed (every systemd Debian ships it); else none."""
+    if _enabled(root, "systemd-networkd.service"):
+        return NetStack.NETWORKD
+    if (root / "etc/network/interfaces").is_file():
+        return NetStack.IFUPDOWN
+    if _installed(root, "systemd-networkd.service"):
+        return NetStack.NETWORKD
+    return NetStack.NONE
+
+
+def uses_resolved(root: Path) -> bool:
+    """Whether something other than findself owns /etc/resolv.conf.
+
+    A symlink means systemd-resolved or resolvconf manages it (and writing through it
+    could land anywhere); an enabled resolved takes DNS= from the .network file.
+    """
+    return os.path.islink(root / RESOLV_CONF) or _enabled(root, "systemd-resolved.service")
+
+
+def networkd_text(identity: Identity) -> str:
+    lines = [
+        HEADER.rstrip("\n"),
+        "[Match]",
+        "Name=en* eth*",
+        "",
+        "[Network]",
+        f"Address={identity.ip}/{identity.prefix}",
+    ]
+    if identity.gateway:
+        lines.append(f"Gateway={identity.gateway}")
+    if identity.nameserver:
+        lines.append(f"DNS={identity.nameserver}")
+    return "\n".join(lines) + "\n"
+
+
+def ifupdown_interface(root: Path) -> str:
+    """The NIC's name: the first physical Ethernet device of a running system, else the
+    first non-loopback `iface` of /etc/network/interfaces, else eth0."""
+    net = root / "sys/class/net"
+    if net.is_dir():
+        for dev in sorted(net.iterdir()):
+            try:
+                is_ether = (dev / "type").read_text().strip() == "1"
+            except OSError:
+                continue
+            # Only physical devices have a `device` link (no bridges, bonds, veths).
+            if is_ether and (dev / "device").exists():
+                return dev.name
+    try:
+        text = (root / "etc/network/interfaces").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "iface" and words[1] != "lo":
+            return words[1]
+    return "eth0"
+
+
+def ifupdown_text(identity: Identity, interface: str) -> str:
+    lines = [
+        HEADER.rstrip("\n"),
+        f"auto {interface}",
+        f"iface {interface} inet static",
+        f"    address {identity.ip}/{identity.prefix}",
+    ]
+    if identity.gateway:
+        lines.append(f"    gateway {identity.gateway}")
+    return "\n".join(lines) + "\n"
+
+
+def ifupdown_conflicts(root: Path, interface: str) -> bool:
+    """Whether the main interfaces file already defines `interface` (ifup then refuses a
+    duplicate stanza; findself writes only its own file, the admin settles the rest)."""
+    try:
+        text = (root / "etc/network/interfaces").read_text()
+    except OSError:
+        return False
+    return any(line.split()[:2] == ["iface", interface] for line in text.splitlines())
+
+
+def resolv_conf_text(identity: Identity) -> str | None:
+    """A resolv.conf naming the parm file's server; None when the parm names none."""
+    if not identity.nameserver:
+        return None
+    return f"{HEADER}nameserver {identity.nameserver}\n"
+
+
+def hosts_text(identity: Identity) -> str:
+    """/etc/hosts written whole: loopback, this guest's address, the IPv6 defaults."""
+    names = identity.hostname
+    if identity.short_name != identity.hostname:
+        names = f"{identity.hostname} {identity.short_name}"
+    return (
+        f"{HEADER}"
+        "127.0.0.1\tlocalhost\n"
+        f"{identity.ip}\t{names}\n"
+        "\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\n"
+        "ff02::2\tip6-allrouters\n"
+    )
