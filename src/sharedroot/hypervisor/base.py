@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.model.types import DiskKind, GuestState, Mode, Role
 from sharedroot.store.state import DiskRow, LinkRow
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """How to LOGON and IPL a guest: its boot disk, its VDISKs (SWAPGEN), its memory."""
+
+    boot_address: str
+    vdisks: tuple[tuple[str, int], ...] = ()  # (address, size): fresh swap at each start
+    memory_mb: int = 512
 
 
 class Hypervisor(Protocol):
@@ -56,3 +67,31 @@ class Hypervisor(Protocol):
         ...
 
     def get_parm(self, guest: str) -> str | None: ...
+
+    def worker_path(self, guest: str, address: str) -> Path:
+        """A guest's disk as the worker can mount it (LINK + enable on z/VM)."""
+        ...
+
+    def replace_disk(self, guest: str, address: str, image: Path) -> None:
+        """Put a freshly built filesystem image onto a guest's disk (same guards as a copy)."""
+        ...
+
+    def start(self, guest: str, request: StartRequest) -> int:
+        """LOGON + IPL: boot the guest from its boot disk; returns its process id."""
+        ...
+
+    def wait_ready(self, guest: str, timeout: float) -> None:
+        """Until the guest's agent answers."""
+        ...
+
+    def stop(self, guest: str, timeout: float) -> str:
+        """Clean shutdown, forced after `timeout`: "clean" or "forced"."""
+        ...
+
+    def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        """Run a command in the running guest: exit code, stdout, stderr."""
+        ...
+
+    def console_log(self, guest: str) -> Path:
+        """Where the guest's console output is kept."""
+        ...

@@ -13,7 +13,10 @@ import shutil
 from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.hypervisor import qemu
+from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
+from sharedroot.hypervisor.ipl import extract_boot_files
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
 from sharedroot.model.types import DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
@@ -56,10 +59,11 @@ def make_filesystem(
 class LocalBackend:
     name = "local"
 
-    def __init__(self, home: Path, state: State, admin: str) -> None:
+    def __init__(self, home: Path, state: State, admin: str, cache_dir: Path) -> None:
         self.home = home
         self.state = state
         self.admin = admin
+        self.cache_dir = cache_dir  # where the acceleration probe's answer is kept
         self.disk_dir = home / "disks"
         self.run_dir = home / "run"
 
@@ -72,6 +76,9 @@ class LocalBackend:
 
     def lock_path(self, guest: str) -> Path:
         return self.run_dir / f"{guest}.lock"
+
+    def guest_run_dir(self, guest: str) -> Path:
+        return self.run_dir / guest
 
     def _admin_files(self) -> Path:
         return self.disk_dir / self.admin / f"{ADMIN_OWN_ADDRESS}.files"
@@ -182,15 +189,8 @@ class LocalBackend:
         verify: bool = False,
     ) -> CopyResult:
         src = self._require_disk(src_owner, src_address)
-        dst = self._require_disk(dst_owner, dst_address)
-        for guest in {src_owner, dst_owner}:
-            if self.query(guest) is GuestState.LOGGED_ON:
-                raise RefusedError(f"{guest} must be logged off")
-        users = [lk for lk in self.state.links_to(dst_owner, dst_address)]
-        if users:
-            raise RefusedError(
-                f"{dst_owner} {dst_address} is linked by {_names(users)}; it cannot be overwritten"
-            )
+        dst = self._require_writable(dst_owner, dst_address)
+        self._require_logged_off(src_owner)
         writers = [lk for lk in self.state.links_to(src_owner, src_address) if lk.mode is Mode.MR]
         if writers:
             raise RefusedError(
@@ -206,6 +206,98 @@ class LocalBackend:
         )
         self.state.set_disk_size(dst_owner, dst_address, src.size)
         return result
+
+    def replace_disk(self, guest: str, address: str, image: Path) -> None:
+        disk = self._require_writable(guest, address)
+        size = image.stat().st_size
+        if size > disk.size:
+            raise RefusedError(f"{guest} {address}: image of {size} bytes exceeds the disk")
+        target = self.disk_file(disk)
+        try:
+            os.replace(image, target)  # the store's own temp area: same filesystem
+        except OSError:
+            copy_image(image, target)
+            image.unlink()
+
+    def worker_path(self, guest: str, address: str) -> Path:
+        return self.disk_file(self._require_disk(guest, address))
+
+    # LOGON, IPL, LOGOFF ------------------------------------------------------
+    def _device(self, guest: str, address: str) -> qemu.Drive:
+        """What a guest sees at an address: its own disk, or a linked one (RR: read-only)."""
+        disk = self.state.disk(guest, address)
+        if disk is not None:
+            return qemu.Drive(self.disk_file(disk), address)
+        link = self.state.link(guest, address)
+        if link is None:
+            raise RefusedError(f"{guest} has no disk or link at {address}")
+        target = self.state.disk(link.owner, link.owner_address)
+        if target is None:
+            raise RefusedError(
+                f"{guest} {address}: links {link.owner} {link.owner_address}, which does not exist"
+            )
+        return qemu.Drive(self.disk_file(target), address, readonly=link.mode is Mode.RR)
+
+    def start(self, guest: str, request: StartRequest) -> int:
+        self._require_guest(guest)
+        self._require_logged_off(guest)
+        addresses = [d.address for d in self.state.disks(guest)]
+        addresses += [lk.address for lk in self.state.links(guest)]
+        drives = [self._device(guest, a) for a in sorted(addresses)]
+        missing = [f"{d.address} ({d.path})" for d in drives if not d.path.is_file()]
+        if missing:
+            raise RefusedError(f"{guest}: disk images are missing: {', '.join(missing)}")
+        boot = next((d for d in drives if d.address == request.boot_address), None)
+        if boot is None:
+            raise RefusedError(f"{guest} has no boot disk at {request.boot_address}")
+        run_dir = self.guest_run_dir(guest)
+        lock = self.take_lock(guest)
+        try:
+            kernel, initrd, cmdline = extract_boot_files(boot.path, run_dir / "boot")
+            shm = Path("/dev/shm") / f"sharedroot-{os.getpid()}-{guest}"
+            for addr, size in request.vdisks:  # SWAPGEN: new RAM-backed swap each LOGON
+                path = qemu.make_vdisk(shm.with_name(f"{shm.name}-{addr}.swap"), size)
+                drives.append(qemu.Drive(path, addr, ephemeral=True))
+            spec = qemu.GuestSpec(
+                name=guest,
+                kernel=kernel,
+                initrd=initrd,
+                cmdline=cmdline,
+                drives=tuple(drives),
+                run_dir=run_dir,
+                accel=qemu.probe_accel(self.cache_dir),
+                memory_mb=request.memory_mb,
+            )
+            try:
+                return qemu.launch(spec, lock_fd=lock)
+            finally:
+                for d in drives:
+                    if d.ephemeral:
+                        d.path.unlink(missing_ok=True)
+        finally:
+            os.close(lock)  # QEMU holds its own copy of the lock while it runs
+
+    def _running_dir(self, guest: str) -> tuple[Path, int]:
+        self._require_guest(guest)
+        run_dir = self.guest_run_dir(guest)
+        pid = qemu.read_pid(run_dir)
+        if self.query(guest) is not GuestState.LOGGED_ON or pid is None:
+            raise RefusedError(f"{guest} is not logged on")
+        return run_dir, pid
+
+    def wait_ready(self, guest: str, timeout: float) -> None:
+        qemu.wait_ready(self._running_dir(guest)[0], timeout)
+
+    def stop(self, guest: str, timeout: float) -> str:
+        run_dir, pid = self._running_dir(guest)
+        return qemu.shutdown(run_dir, pid, timeout)
+
+    def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        return qemu.agent_exec(self._running_dir(guest)[0], argv, timeout)
+
+    def console_log(self, guest: str) -> Path:
+        self._require_guest(guest)
+        return self.guest_run_dir(guest) / qemu.CONSOLE_LOG
 
     # admin disk -------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:
@@ -246,6 +338,17 @@ class LocalBackend:
     def _require_logged_off(self, guest: str) -> None:
         if self.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} user ID must be logged off")
+
+    def _require_writable(self, guest: str, address: str) -> DiskRow:
+        """A disk about to be overwritten: its guest logged off, nobody else linking it."""
+        disk = self._require_disk(guest, address)
+        self._require_logged_off(guest)
+        users = self.state.links_to(guest, address)
+        if users:
+            raise RefusedError(
+                f"{guest} {address} is linked by {_names(users)}; it cannot be overwritten"
+            )
+        return disk
 
     def _require_disk(self, guest: str, address: str) -> DiskRow:
         self._require_guest(guest)

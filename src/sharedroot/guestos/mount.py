@@ -1,0 +1,39 @@
+"""A guest's filesystems mounted as one tree on the worker (as LNXCLONE links and mounts them)."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sharedroot.run import run
+
+
+@contextlib.contextmanager
+def mounted_tree(
+    filesystems: Sequence[tuple[str, Path, str]], *, readonly: bool = False
+) -> Iterator[Path]:
+    """Mount (mount point, device or image file, fs type) parents first; unmount after.
+
+    Image files are loop-mounted by mount(8) itself.  Unmounting happens in reverse
+    order even when the body fails, so the worker never keeps a guest's disk mounted.
+    """
+    root = Path(tempfile.mkdtemp(prefix="sharedroot-mnt-"))
+    done: list[Path] = []
+    try:
+        for mount, device, fs in sorted(filesystems, key=lambda f: len(Path(f[0]).parts)):
+            target = root / mount.lstrip("/")
+            if not target.is_dir():
+                target.mkdir(parents=True)
+            opts = "ro" if readonly else "rw"
+            run(["mount", "-t", fs, "-o", opts, device, target])
+            done.append(target)
+        yield root
+    finally:
+        for target in reversed(done):
+            # A busy mount (a shell left in it) is detached lazily rather than left behind.
+            if run(["umount", target], check=False).returncode != 0:
+                run(["umount", "--lazy", target], check=False)
+        with contextlib.suppress(OSError):
+            root.rmdir()

@@ -1,0 +1,91 @@
+"""IPL from a disk: the boot configuration on a guest's /boot disk (the local zipl.conf).
+
+As CP's IPL reads the boot record zipl wrote onto the 01B0 disk, the local backend
+reads `/sharedroot.conf` straight from the /boot disk's image file (debugfs, no mount)
+and boots the kernel and initramfs it names, so a guest boots whatever its /boot holds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sharedroot.errors import OperationError
+from sharedroot.run import run
+
+BOOT_CONFIG_NAME = "sharedroot.conf"
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """What sharedroot.conf says: files relative to the /boot disk, and a cmdline."""
+
+    kernel: str
+    initrd: str
+    cmdline: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def render_boot_config(kernel: str, initrd: str, cmdline: str) -> str:
+    return (
+        "# sharedroot boot configuration (the local zipl.conf); paths relative to /boot\n"
+        f"kernel={kernel}\ninitrd={initrd}\ncmdline={cmdline}\n"
+    )
+
+
+def parse_boot_config(text: str) -> BootConfig:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    missing = [k for k in ("kernel", "initrd", "cmdline") if k not in values]
+    if missing:
+        raise OperationError(f"{BOOT_CONFIG_NAME}: missing {', '.join(missing)}")
+    extra = {k: v for k, v in values.items() if k not in ("kernel", "initrd", "cmdline")}
+    return BootConfig(values["kernel"], values["initrd"], values["cmdline"], extra)
+
+
+def _dump(image: Path, name: str, out: Path) -> str:
+    """Copy one file out of an ext2/3/4 image; debugfs exits 0 even when it fails."""
+    out.unlink(missing_ok=True)
+    proc = run(["debugfs", "-R", f"dump /{name} {out}", image])
+    return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "empty file"
+
+
+def read_boot_config(boot_image: Path) -> BootConfig:
+    """Read sharedroot.conf from the /boot disk's image file without mounting it."""
+    if not boot_image.is_file():
+        raise OperationError(f"boot disk image {boot_image} does not exist")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, BOOT_CONFIG_NAME)
+        why = _dump(boot_image, BOOT_CONFIG_NAME, out)
+        if not out.exists():
+            raise OperationError(
+                f"{boot_image}: no /{BOOT_CONFIG_NAME} on the boot disk ({why});"
+                " has Linux been installed (sharedroot install)?"
+            )
+        return parse_boot_config(out.read_text())
+
+
+def extract_boot_files(boot_image: Path, dest_dir: Path) -> tuple[Path, Path, str]:
+    """Copy the kernel and initrd named by the boot config out of the /boot image."""
+    conf = read_boot_config(boot_image)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in (conf.kernel, conf.initrd):
+        rel = name.lstrip("/")
+        if not rel or ".." in Path(rel).parts:
+            raise OperationError(f"{BOOT_CONFIG_NAME}: bad file name {name!r}")
+        out = dest_dir / Path(rel).name
+        why = _dump(boot_image, rel, out)
+        if not out.exists() or out.stat().st_size == 0:
+            raise OperationError(
+                f"{boot_image}: cannot read /{rel} named by {BOOT_CONFIG_NAME}: {why}"
+            )
+        paths.append(out)
+    return paths[0], paths[1], conf.cmdline
