@@ -22,31 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharedroot.hypervisor.copyengine import Method, content_hash, copy_image
+from sharedroot.hypervisor.copyengine import Method, content_hash, copy_image, data_bytes
 from sharedroot.run import have, run
 
 MiB = 1 << 20
 IMAGE_SIZE = 1024 * MiB
 SEGMENTS = 64  # data extents, one per segment, so they are scattered over the image
 ZERO_SEGMENTS = {17, 45}  # allocated but zero-filled, like freed blocks in a used disk
-
-
-def data_bytes(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        total = off = 0
-        while off < size:
-            try:
-                start = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            total += end - start
-            off = end
-        return total
-    finally:
-        os.close(fd)
 
 
 def build_image(img: Path) -> None:

@@ -17,6 +17,16 @@ from sharedroot.cli.main import main
 from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.workflows.context import Site
 
+# The paper's own sample parm file (§1.6.4), as it stands in the paper.
+PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
+HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com
+Gateway=129.40.179.254 Netmask=255.255.255.0
+Broadcast=129.40.179.255 Layer2=0
+ReadChannel=0.0.0600 WriteChannel=0.0.0601 DataChannel=0.0.0602
+Nameserver=129.40.106.1 Portname=dontcare
+Install=nfs://129.40.179.200/nfs/sles10/SLES-10-CD-s390x-GMC-CD1
+"""
+
 
 @dataclass
 class Ran:
@@ -82,11 +92,13 @@ def sha256(path: Path) -> str:
 
 
 def sparse_hash(path: Path) -> str:
-    """Hash of a file's data extents with their offsets: changes when any byte does.
+    """Hash of a file's logical content that reads only its allocated parts.
 
-    Reads only allocated data, so unchanged-checks over whole stores of sparse
-    images stay fast; independent of the copy engine's own content_hash.
+    Non-zero 4 KiB blocks are hashed with their index, so the result does not depend
+    on where the filesystem happens to keep extents (they move during writeback).
+    Independent of the copy engine's own content_hash, though built alike.
     """
+    block = 4096
     h = hashlib.sha256()
     with open(path, "rb") as f:
         fd = f.fileno()
@@ -95,18 +107,19 @@ def sparse_hash(path: Path) -> str:
         off = 0
         while off < size:
             try:
-                start = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
+                start = os.lseek(fd, off, os.SEEK_DATA) // block * block
+            except OSError:  # ENXIO: only a hole is left
                 break
             end = os.lseek(fd, start, os.SEEK_HOLE)
-            h.update(f"@{start}".encode())
             f.seek(start)
-            left = end - start
-            while left:
-                chunk = f.read(min(left, 1 << 20))
-                h.update(chunk)
-                left -= len(chunk)
-            off = end
+            while start < end:
+                chunk = f.read(min(end - start, 1 << 20))
+                for i in range(0, len(chunk), block):
+                    piece = chunk[i : i + block]
+                    if piece.strip(b"\0"):
+                        h.update(((start + i) // block).to_bytes(8, "little") + piece)
+                start += len(chunk)
+            off = max(end, start)
     return h.hexdigest()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PAPER_SAMPLE
 from sharedroot.errors import InputError
 from sharedroot.guestos import findself as fs
 from sharedroot.guestos import network
@@ -20,15 +21,6 @@ from sharedroot.run import have, run
 SRC = Path(__file__).resolve().parents[1] / "src"
 GOLD_MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
-# The paper's own sample (§1.6.4), as it stands in the paper.
-PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
-HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com
-Gateway=129.40.179.254 Netmask=255.255.255.0
-Broadcast=129.40.179.255 Layer2=0
-ReadChannel=0.0.0600 WriteChannel=0.0.0601 DataChannel=0.0.0602
-Nameserver=129.40.106.1 Portname=dontcare
-Install=nfs://129.40.179.200/nfs/sles10/SLES-10-CD-s390x-GMC-CD1
-"""
 
 LNX226 = Identity("lnx226.example.com", "10.0.2.26", 24, "10.0.2.2", "10.0.2.3")
 LNX227 = Identity("lnx227.example.com", "10.0.2.27", 24, "10.0.2.2", "10.0.2.3")

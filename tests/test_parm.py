@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import PAPER_SAMPLE
 from sharedroot.errors import InputError
 from sharedroot.model.parm import Identity, format_parm, identity_from_parm, parse_parm
-
-# The paper's own sample (§1.6.4), as it stands in the paper.
-PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
-HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com
-Gateway=129.40.179.254 Netmask=255.255.255.0
-Broadcast=129.40.179.255 Layer2=0
-ReadChannel=0.0.0600 WriteChannel=0.0.0601 DataChannel=0.0.0602
-Nameserver=129.40.106.1 Portname=dontcare
-Install=nfs://129.40.179.200/nfs/sles10/SLES-10-CD-s390x-GMC-CD1
-"""
 
 
 def test_paper_sample_reads_as_is() -> None:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from sharedroot.cli.ui import TerminalUI
-from sharedroot.errors import InputError, SharedrootError
+from sharedroot.errors import InputError, RefusedError, SharedrootError
+from sharedroot.guestos import cloneprep as prep_ops
 from sharedroot.model.parm import Identity, check_hostname, check_ipv4, check_netmask
-from sharedroot.model.types import Role, format_size, guest_name, parse_size
+from sharedroot.model.types import GuestState, Role, format_size, guest_name, parse_size
 from sharedroot.store.config import make_config
 from sharedroot.store.settings import SETTINGS
-from sharedroot.workflows import define, doctor, pipeline, report
+from sharedroot.workflows import cloneprep, define, doctor, install, pipeline, report
+from sharedroot.workflows import guest as guest_ops
 from sharedroot.workflows.context import Options, Outcome, Site, resolve_home
 from sharedroot.workflows.site import init_site
 
@@ -58,9 +62,10 @@ def _outcome(outcome: Outcome) -> Result:
         if outcome.dry_run:
             out.print(f"{outcome.operation}: dry run, {len(outcome.steps)} steps, nothing changed")
             return
-        if outcome.results:
+        copies = [r for r in outcome.results if "method" in r]
+        if copies:
             table = Table("source", "target", "method", "size", "copied", "seconds")
-            for r in outcome.results:
+            for r in copies:
                 table.add_row(
                     r["source"],
                     r["target"],
@@ -70,6 +75,12 @@ def _outcome(outcome: Outcome) -> Result:
                     f"{r['seconds']:.2f}",
                 )
             out.print(table)
+        for r in outcome.results:
+            for op, paths in r.get("changes", {}).items():
+                shown = ", ".join(paths[:4]) + (
+                    f" (+{len(paths) - 4} more)" if len(paths) > 4 else ""
+                )
+                out.print(f"  {op}: {shown or 'nothing to do'}", markup=False)
         out.print(f"{outcome.operation}: done ({len(outcome.steps)} steps)")
 
     data = {
@@ -197,6 +208,100 @@ def _copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Callabl
 def cmd_clonerw(args: argparse.Namespace) -> Result:
     guest = guest_name(args.guest)
     return _outcome(pipeline.clonerw(_site(args), _ui(args), _opts(args), guest))
+
+
+def cmd_install(args: argparse.Namespace) -> Result:
+    return _outcome(install.install(_site(args), _ui(args), _opts(args), args.distro))
+
+
+def cmd_cloneprep(args: argparse.Namespace) -> Result:
+    if args.list:
+        ops = [
+            {"name": op.name, "default": op.default, "description": op.description}
+            for op in prep_ops.OPERATIONS
+        ]
+        return Result(
+            ops, lambda out: out.print(prep_ops.format_operations(), end="", markup=False)
+        )
+    names = (
+        [n.strip() for n in args.operations.split(",") if n.strip()] if args.operations else None
+    )
+    return _outcome(cloneprep.cloneprep(_site(args), _ui(args), _opts(args), names))
+
+
+def cmd_start(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    outcome = guest_ops.start(
+        _site(args), _ui(args), _opts(args), guest, wait=args.wait, timeout=args.timeout
+    )
+    return _outcome(outcome)
+
+
+def cmd_stop(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    return _outcome(
+        guest_ops.stop(_site(args), _ui(args), _opts(args), guest, timeout=args.timeout)
+    )
+
+
+def cmd_exec(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise InputError("exec: give the command after the guest, e.g. exec LNX226 -- hostname")
+    code, stdout, stderr = guest_ops.execute(_site(args), guest, argv, args.timeout)
+    data = {
+        "guest": guest,
+        "argv": argv,
+        "exit_code": code,
+        "stdout": stdout.decode(errors="replace"),
+        "stderr": stderr.decode(errors="replace"),
+    }
+
+    def render(out: Console) -> None:
+        sys.stdout.buffer.write(stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(stderr)
+        sys.stderr.flush()
+
+    return Result(data, render, code)
+
+
+def cmd_console(args: argparse.Namespace) -> Result:
+    site = _site(args)
+    guest = guest_name(args.guest)
+    log = site.hv.console_log(guest)
+    if not log.exists():
+        raise RefusedError(f"{guest} has no console log yet; it has never been started")
+    text = log.read_bytes()
+    tail = b"\n".join(text.splitlines()[-args.lines :]) + b"\n" if args.lines else text
+
+    def render(out: Console) -> None:
+        sys.stdout.buffer.write(tail)
+        sys.stdout.flush()
+        if args.follow:
+            follow_console(site, guest, log, len(text))
+
+    return Result(
+        {"guest": guest, "log": str(log), "console": tail.decode(errors="replace")}, render
+    )
+
+
+def follow_console(site: Site, guest: str, log: Path, offset: int) -> None:
+    """Print what the guest writes to its console until it logs off (or Ctrl-C)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if site.hv.query(guest) is not GuestState.LOGGED_ON:
+                return
+            time.sleep(0.2)
 
 
 def cmd_journal(args: argparse.Namespace) -> Result:
@@ -366,6 +471,51 @@ def build_parser() -> ArgumentParser:
     ):
         p = add(name, _copy_command(fn), help, aliases)
         _writer_flags(p)
+
+    p = add(
+        "install",
+        cmd_install,
+        "install Linux onto the maintenance guest's disks from a cached golden tree (§1.5.4)",
+    )
+    p.add_argument("--distro", choices=["debian-bookworm"], help="default: the site's distro")
+    _writer_flags(p)
+
+    p = add(
+        "cloneprep",
+        cmd_cloneprep,
+        "clean the maintenance system before mnt2gold: machine-id, SSH host keys, logs, ..."
+        " (cloneprep.sh)",
+    )
+    p.add_argument("--list", action="store_true", help="list the operations and stop")
+    p.add_argument("--operations", metavar="A,B,...", help="run only these operations")
+    _writer_flags(p)
+
+    p = add("start", cmd_start, "LOGON a guest and IPL its boot disk (01B0) under QEMU", ["ipl"])
+    p.add_argument("guest")
+    p.add_argument("--wait", action="store_true", help="return when the guest is ready")
+    p.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (300)")
+    _writer_flags(p, confirm=False)
+
+    p = add(
+        "stop", cmd_stop, "shut a guest down cleanly, forced after --timeout (LOGOFF)", ["logoff"]
+    )
+    p.add_argument("guest")
+    p.add_argument("--timeout", type=float, default=60, help="seconds before forcing (60)")
+    _writer_flags(p, confirm=False)
+
+    p = add("console", cmd_console, "show a guest's console output (the serial console log)")
+    p.add_argument("guest")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until logoff")
+    p.add_argument("--lines", "-n", type=int, default=0, help="only the last N lines")
+
+    p = add(
+        "exec",
+        cmd_exec,
+        "run a command in a running guest (guest agent); exits with the command's code",
+    )
+    p.add_argument("guest")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait (120)")
 
     p = add(
         "clonerw",

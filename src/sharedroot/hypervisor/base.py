@@ -68,6 +68,10 @@ class Hypervisor(Protocol):
 
     def get_parm(self, guest: str) -> str | None: ...
 
+    def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
+        """Which of a guest's devices (all, or those at `addresses`) have lost their disk."""
+        ...
+
     def worker_path(self, guest: str, address: str) -> Path:
         """A guest's disk as the worker can mount it (LINK + enable on z/VM)."""
         ...

@@ -108,6 +108,15 @@ def _data_bytes(extents: Sequence[tuple[int, int]]) -> int:
 # --------------------------------------------------------------------------- hashing
 
 
+def data_bytes(path: Path) -> int:
+    """Bytes a file holds in data extents: what a sparse-aware copy moves."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _data_bytes(_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+
+
 def _hash_fd(fd: int, size: int) -> str:
     """Hash of the logical content; see content_hash."""
     h = hashlib.blake2b(digest_size=32)

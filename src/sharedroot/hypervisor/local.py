@@ -238,15 +238,25 @@ class LocalBackend:
             )
         return qemu.Drive(self.disk_file(target), address, readonly=link.mode is Mode.RR)
 
+    def _attached(self, guest: str) -> list[qemu.Drive]:
+        addresses = [d.address for d in self.state.disks(guest)]
+        addresses += [lk.address for lk in self.state.links(guest)]
+        return [self._device(guest, a) for a in sorted(addresses)]
+
+    def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
+        return [
+            f"{d.address} ({d.path})"
+            for d in self._attached(guest)
+            if (addresses is None or d.address in addresses) and not d.path.is_file()
+        ]
+
     def start(self, guest: str, request: StartRequest) -> int:
         self._require_guest(guest)
         self._require_logged_off(guest)
-        addresses = [d.address for d in self.state.disks(guest)]
-        addresses += [lk.address for lk in self.state.links(guest)]
-        drives = [self._device(guest, a) for a in sorted(addresses)]
-        missing = [f"{d.address} ({d.path})" for d in drives if not d.path.is_file()]
+        missing = self.missing_devices(guest)
         if missing:
             raise RefusedError(f"{guest}: disk images are missing: {', '.join(missing)}")
+        drives = self._attached(guest)
         boot = next((d for d in drives if d.address == request.boot_address), None)
         if boot is None:
             raise RefusedError(f"{guest} has no boot disk at {request.boot_address}")

@@ -460,8 +460,14 @@ def agent_exec(
     run_dir: Path, argv: list[str], timeout: float = 60, input: bytes | None = None
 ) -> tuple[int, bytes, bytes]:
     """Run one command in the running guest of `run_dir` through its agent."""
-    with GuestAgent.connect(run_dir / QGA_SOCK) as agent:
-        return agent.exec(argv, timeout=timeout, input=input)
+    try:
+        with GuestAgent.connect(run_dir / QGA_SOCK) as agent:
+            return agent.exec(argv, timeout=timeout, input=input)
+    except OSError as exc:  # includes timeouts: the guest is still booting, or hangs
+        raise OperationError(
+            f"the guest agent did not answer ({exc or type(exc).__name__}); is the guest"
+            " still booting? `start --wait` waits until it is ready"
+        ) from None
 
 
 def wait_ready(run_dir: Path, timeout: float = 180) -> None:

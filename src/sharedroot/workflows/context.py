@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from sharedroot.store.config import SITE_FILE, SiteConfig, load_config, write_co
 from sharedroot.store.state import STATE_FILE, State
 
 DEFAULT_HOME = Path("/var/lib/sharedroot")
+LOCK_WAIT = 60  # seconds a writer waits for another to finish before refusing
 
 
 class UI(Protocol):
@@ -103,17 +105,23 @@ class Site:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One writing workflow at a time per site."""
+        """One writing workflow at a time per site; a second one waits a while."""
         run_dir = self.home / "run"
         run_dir.mkdir(exist_ok=True)
         fd = os.open(run_dir / "site.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RefusedError(
-                    f"another sharedroot operation is running on {self.home}"
-                ) from None
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RefusedError(
+                            f"another sharedroot operation has been running on {self.home}"
+                            f" for over {LOCK_WAIT}s; try again when it has ended"
+                        ) from None
+                    time.sleep(0.1)
             yield
         finally:
             os.close(fd)

@@ -41,10 +41,17 @@ def not_linked(site: Site, owner: str, addresses: Iterable[str]) -> None:
 
 
 def has_disks(site: Site, guest: str, addresses: Iterable[str]) -> None:
-    missing = [a for a in addresses if site.state.disk(guest, a) is None]
+    wanted = list(addresses)
+    missing = [a for a in wanted if site.state.disk(guest, a) is None]
     if missing:
         raise RefusedError(f"{guest} has no disk at {', '.join(missing)}")
-    for a in addresses:
-        disk = site.state.disk(guest, a)
-        if disk is not None and not (site.home / disk.file).is_file():
-            raise RefusedError(f"{guest} {a}: its image {site.home / disk.file} is missing")
+    lost = site.hv.missing_devices(guest, wanted)
+    if lost:
+        raise RefusedError(f"{guest}: disk images are missing: {', '.join(lost)}")
+
+
+def devices_present(site: Site, guest: str) -> None:
+    """Every disk a guest would attach, its own or linked, is there."""
+    lost = site.hv.missing_devices(guest)
+    if lost:
+        raise RefusedError(f"{guest}: disk images are missing: {', '.join(lost)}")

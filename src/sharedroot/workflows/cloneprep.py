@@ -1,0 +1,43 @@
+"""CLONEPREP: clean the maintenance system before it is copied to gold (cloneprep.sh)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sharedroot.guestos import cloneprep as prep
+from sharedroot.guestos.mount import mounted_tree
+from sharedroot.model.types import DiskKind
+from sharedroot.workflows import guards
+from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
+
+
+def cloneprep(
+    site: Site, ui: UI, opts: Options, operations: Sequence[str] | None = None
+) -> Outcome:
+    guest = site.config.guests.maintenance
+    selected = prep.select(operations)  # unknown names fail here, before anything
+    filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
+    with site.locked():
+        guards.logged_off(site, guest)
+        guards.has_disks(site, guest, [d.address for d in filesystems])
+        guards.not_linked(site, guest, [d.address for d in filesystems])
+
+        def clean() -> dict[str, object]:
+            mounts = [
+                (str(d.mount), site.hv.worker_path(guest, d.address), str(d.fs))
+                for d in filesystems
+            ]
+            with mounted_tree(mounts) as root:
+                changes = prep.cloneprep(root, [op.name for op in selected], log=ui.step)
+            return {"guest": guest, "changes": changes}
+
+        names = ", ".join(op.name for op in selected)
+        return perform(
+            site,
+            ui,
+            opts,
+            "cloneprep",
+            {"guest": guest, "operations": [op.name for op in selected]},
+            [Step(f"mount {guest}'s disks on the worker and clean: {names}", clean)],
+            f"Do you want to clean {guest} for cloning ({names})? y/n",
+        )

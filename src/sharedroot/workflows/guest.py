@@ -1,0 +1,76 @@
+"""LOGON/IPL, LOGOFF, the console and commands in a running guest."""
+
+from __future__ import annotations
+
+import time
+
+from sharedroot.errors import OperationError, RefusedError
+from sharedroot.hypervisor.base import StartRequest
+from sharedroot.model.types import DiskKind, GuestState, Role
+from sharedroot.workflows import guards
+from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
+
+NEVER_LOGGED_ON = {
+    Role.GOLD: "a gold holder is never logged on (its directory password is NOLOG)",
+    Role.ADMIN: "the admin guest only holds disks here",
+    Role.WORKER: "the worker is the machine that runs sharedroot",
+}
+
+
+def start_request(site: Site) -> StartRequest:
+    layout = site.config.layout
+    boot = next((d for d in layout if d.mount == "/boot"), layout.root)
+    vdisks = tuple((d.address, d.size) for d in layout if d.kind is DiskKind.VDISK)
+    return StartRequest(boot.address, vdisks, site.config.memory_mb)
+
+
+def start(
+    site: Site, ui: UI, opts: Options, guest: str, *, wait: bool = False, timeout: float = 300
+) -> Outcome:
+    role = guards.exists(site, guest)
+    if role in NEVER_LOGGED_ON:
+        raise RefusedError(f"{guest} cannot be started: {NEVER_LOGGED_ON[role]}")
+    request = start_request(site)
+    with site.locked():  # not while a copy is writing this guest's disks
+        if site.hv.query(guest) is GuestState.LOGGED_ON:
+            raise RefusedError(f"{guest} is already logged on")
+        guards.devices_present(site, guest)
+        step = Step(
+            f"LOGON {guest} and IPL {request.boot_address}",
+            lambda: {"guest": guest, "pid": site.hv.start(guest, request)},
+        )
+        outcome = perform(site, ui, opts, "start", {"guest": guest}, [step])
+    if wait and not opts.dry_run:
+        outcome.results.append(wait_ready(site, ui, guest, timeout))
+    return outcome
+
+
+def wait_ready(site: Site, ui: UI, guest: str, timeout: float) -> dict[str, object]:
+    """Until the agent answers and systemd has finished booting (network configured)."""
+    ui.step(f"waiting until {guest} is ready (guest agent, then the end of its boot)")
+    deadline = time.monotonic() + timeout
+    site.hv.wait_ready(guest, timeout)
+    left = max(5.0, deadline - time.monotonic())
+    _, out, _ = site.hv.execute(guest, ["systemctl", "is-system-running", "--wait"], left)
+    state = out.decode().strip()
+    if state not in ("running", "degraded"):
+        raise OperationError(f"{guest}: systemd says {state!r} after booting")
+    return {"guest": guest, "ready": True, "system": state}
+
+
+def stop(site: Site, ui: UI, opts: Options, guest: str, *, timeout: float = 60) -> Outcome:
+    guards.exists(site, guest)
+    if site.hv.query(guest) is not GuestState.LOGGED_ON:
+        raise RefusedError(f"{guest} is not logged on")
+    step = Step(
+        f"shut {guest} down (forced after {timeout:.0f}s)",
+        lambda: {"guest": guest, "shutdown": site.hv.stop(guest, timeout)},
+    )
+    return perform(site, ui, opts, "stop", {"guest": guest}, [step])
+
+
+def execute(site: Site, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+    guards.exists(site, guest)
+    if site.hv.query(guest) is not GuestState.LOGGED_ON:
+        raise RefusedError(f"{guest} is not logged on")
+    return site.hv.execute(guest, argv, timeout)
