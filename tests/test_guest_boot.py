@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sharedroot.errors import OperationError
-from sharedroot.guestos import debian
+from sharedroot.guestos import debian, fstab
 from sharedroot.hypervisor import ipl, qemu
 from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout
 from sharedroot.model.types import Access, DiskKind
@@ -55,7 +55,7 @@ def ls(image: Path, path: str) -> set[str]:
 
 
 def test_fstab_names_every_disk_by_address(tmp_path: Path) -> None:
-    debian.write_fstab(tmp_path, PAPER_LAYOUT)
+    fstab.write_fstab(tmp_path, PAPER_LAYOUT)
     text = (tmp_path / "etc/fstab").read_text()
     assert "UUID=" not in text and "LABEL=" not in text
     lines = [ln.split() for ln in text.splitlines() if ln and not ln.startswith("#")]
@@ -76,7 +76,7 @@ def test_fstab_names_every_disk_by_address(tmp_path: Path) -> None:
 
 
 def test_fstab_readonly_view(tmp_path: Path) -> None:
-    debian.write_fstab(tmp_path, PAPER_LAYOUT, readonly=True)
+    fstab.write_fstab(tmp_path, PAPER_LAYOUT, readonly=True)
     lines = [ln.split() for ln in (tmp_path / "etc/fstab").read_text().splitlines()[1:]]
     by_mount = {f[1]: f for f in lines}
     assert by_mount["/"][3:] == ["ro", "0", "0"]

@@ -21,7 +21,16 @@ from sharedroot.model.parm import Identity, check_hostname, check_ipv4, check_ne
 from sharedroot.model.types import GuestState, Role, format_size, guest_name, parse_size
 from sharedroot.store.config import make_config
 from sharedroot.store.settings import SETTINGS
-from sharedroot.workflows import cloneprep, define, doctor, install, pipeline, report
+from sharedroot.workflows import (
+    cloneprep,
+    clones,
+    define,
+    doctor,
+    install,
+    pipeline,
+    report,
+    verify,
+)
 from sharedroot.workflows import guest as guest_ops
 from sharedroot.workflows.context import Options, Outcome, Site, resolve_home
 from sharedroot.workflows.site import init_site
@@ -207,7 +216,7 @@ def _copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Callabl
 
 def cmd_clonerw(args: argparse.Namespace) -> Result:
     guest = guest_name(args.guest)
-    return _outcome(pipeline.clonerw(_site(args), _ui(args), _opts(args), guest))
+    return _outcome(clones.clonerw(_site(args), _ui(args), _opts(args), guest))
 
 
 def cmd_install(args: argparse.Namespace) -> Result:
@@ -246,7 +255,7 @@ def cmd_stop(args: argparse.Namespace) -> Result:
 
 def cmd_exec(args: argparse.Namespace) -> Result:
     guest = guest_name(args.guest)
-    argv = list(args.command)
+    argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -302,6 +311,40 @@ def follow_console(site: Site, guest: str, log: Path, offset: int) -> None:
             if site.hv.query(guest) is not GuestState.LOGGED_ON:
                 return
             time.sleep(0.2)
+
+
+def cmd_mnt2rogld(args: argparse.Namespace) -> Result:
+    return _outcome(pipeline.mnt2rogld(_site(args), _ui(args), _opts(args)))
+
+
+def cmd_ro2gold(args: argparse.Namespace) -> Result:
+    slot = 2 if args.command == "ro2gold2" and args.slot is None else args.slot
+    return _outcome(pipeline.ro2gold(_site(args), _ui(args), _opts(args), slot))
+
+
+def cmd_clonero(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    return _outcome(clones.clonero(_site(args), _ui(args), _opts(args), guest))
+
+
+def cmd_verify(args: argparse.Namespace) -> Result:
+    guest = guest_name(args.guest)
+    checks = verify.verify(_site(args), _ui(args), _opts(args), guest, args.timeout)
+    failed = [c for c in checks if not c.ok]
+    data = {
+        "guest": guest,
+        "ok": not failed,
+        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+
+    def render(out: Console) -> None:
+        table = Table("check", "result", "detail", title=f"verify {guest}")
+        for c in checks:
+            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+        out.print(table)
+        out.print(f"{guest}: {'all checks passed' if not failed else f'{len(failed)} failed'}")
+
+    return Result(data, render, 1 if failed else 0)
 
 
 def cmd_journal(args: argparse.Namespace) -> Result:
@@ -514,8 +557,48 @@ def build_parser() -> ArgumentParser:
         "run a command in a running guest (guest agent); exits with the command's code",
     )
     p.add_argument("guest")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments"
+    )
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait (120)")
+
+    p = add(
+        "mnt2rogld",
+        cmd_mnt2rogld,
+        "copy the maintenance guest to the read-only staging guest (ROGLD) and make it a"
+        " read-only-root system: /etc, /root, /srv from /local (mnt2rogld.sh)",
+        ["maint-to-readonly"],
+    )
+    _writer_flags(p)
+
+    p = add(
+        "ro2gold",
+        cmd_ro2gold,
+        "copy the read-only staging guest to a gold slot's 21Bx disks and make that slot"
+        " current (RO2GOLD; ro2gold2 is --slot 2)",
+        ["ro2gold2", "promote"],
+    )
+    p.add_argument("--slot", type=int, help="gold slot (default: one that nobody links)")
+    _writer_flags(p)
+
+    p = add(
+        "clonero",
+        cmd_clonero,
+        "a read-only clone: copy its private disks (swap, /local, /var) from the current"
+        " gold slot, LINK the rest RR (CLONERO)",
+        ["clone-ro"],
+    )
+    p.add_argument("guest", help="a guest defined with --ro")
+    _writer_flags(p)
+
+    p = add(
+        "verify",
+        cmd_verify,
+        "boot a guest if needed and run the read-only checks of §1.6.3 (touch /etc/foo ...),"
+        " hostname, machine-id, failed units, read-only disks",
+    )
+    p.add_argument("guest")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for boot")
 
     p = add(
         "clonerw",

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sharedroot.errors import OperationError
+from sharedroot.guestos.fstab import write_fstab
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DiskKind
@@ -140,7 +141,7 @@ def _build(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None:
         timeout=1800,
     )
     _preconfigure(root, recipe)
-    with _chroot_mounts(root):
+    with chroot_mounts(root):
         # Keep services from starting inside the build chroot.
         policy = root / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
@@ -283,7 +284,7 @@ def _finish_boot(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None
 
 
 @contextlib.contextmanager
-def _chroot_mounts(root: Path) -> Iterator[None]:
+def chroot_mounts(root: Path) -> Iterator[None]:
     """Mount /proc, /sys and /dev for package scripts; always unmount them after."""
     mounted: list[Path] = []
     try:
@@ -362,33 +363,6 @@ def _decompress(kind: str, payload: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- fstab and boot config
-
-
-def write_fstab(root_dir: Path, layout: Layout, *, readonly: bool = False) -> None:
-    """Write root_dir/etc/fstab naming every disk by its address, never by UUID or label.
-
-    With `readonly`, the layout's read-only disks are mounted `ro` with fsck pass 0
-    (a read-only clone links them RR); otherwise every filesystem is read-write.
-    """
-    lines = ["# sharedroot: disks by address (virtio serial), never UUID or LABEL"]
-    # Filesystems parents first (/ before /usr), then swap, as people expect to read it.
-    order = sorted(
-        layout,
-        key=lambda d: (d.kind is not DiskKind.FS, len(Path(d.mount or "/").parts), d.address),
-    )
-    for disk in order:
-        dev = f"/dev/disk/by-id/virtio-{disk.address}"
-        if disk.kind is DiskKind.FS:
-            ro = readonly and disk.access.value == "ro"
-            opts = "ro" if ro else "defaults"
-            passno = 0 if ro else (1 if disk.mount == "/" else 2)
-            lines.append(f"{dev}\t{disk.mount}\t{disk.fs}\t{opts}\t0 {passno}")
-        elif disk.kind is DiskKind.SWAP:
-            lines.append(f"{dev}\tnone\tswap\tsw,nofail\t0 0")
-        else:  # VDISK: made fresh at each start; boot need not wait for it
-            lines.append(f"{dev}\tnone\tswap\tsw,nofail\t0 0")
-    lines.append("tmpfs\t/tmp\ttmpfs\tmode=1777,nosuid,nodev\t0 0")
-    _replace(root_dir / "etc/fstab", "\n".join(lines) + "\n")
 
 
 def write_boot_config(root_dir: Path, kernel: str, initrd: str, cmdline: str) -> Path:

@@ -283,6 +283,23 @@ class State:
         self.db.execute("UPDATE slots SET generation = ? WHERE slot = ?", (gen, slot))
         return gen
 
+    # facts learnt about guests (e.g. the machine-id verify saw) --------------
+    def fact(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (f"fact:{key}",)).fetchone()
+        return str(row[0]) if row else None
+
+    def facts(self, prefix: str) -> dict[str, str]:
+        rows = self.db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (f"fact:{prefix}%",)
+        ).fetchall()
+        return {str(k).removeprefix("fact:"): str(v) for k, v in rows}
+
+    def set_fact(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (f"fact:{key}", value),
+        )
+
     # journal ----------------------------------------------------------------
     def journal_start(self, operation: str, args: dict[str, Any]) -> int:
         cur = self.db.execute(

@@ -1,4 +1,4 @@
-"""Copies between whole guests: MNT2TST, TST2MNT, MNT2GOLD, CLONERW (paper §1.5.5-§1.5.8)."""
+"""Copies along the pipeline: MNT2TST, TST2MNT, MNT2GOLD, MNT2ROGLD, RO2GOLD (§1.5-§1.7)."""
 
 from __future__ import annotations
 
@@ -6,70 +6,76 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from sharedroot.errors import RefusedError
-from sharedroot.model.layout import gold_rw_address
-from sharedroot.model.types import Role
+from sharedroot.guestos.mount import mounted_tree
+from sharedroot.guestos.readonly import make_readonly
+from sharedroot.hypervisor.copyengine import content_hash
+from sharedroot.model.layout import gold_ro_address, gold_rw_address
+from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
+Pairs = Sequence[tuple[str, str]]
+
+
+def copy_guards(site: Site, source: str, target: str, pairs: Pairs) -> None:
+    """The paper's checks before a copy: both logged off, nobody else on the target disks."""
+    guards.logged_off(site, source)
+    guards.logged_off(site, target)
+    guards.has_disks(site, source, [s for s, _ in pairs])
+    guards.has_disks(site, target, [t for _, t in pairs])
+    guards.not_linked(site, target, [t for _, t in pairs])
+
+
+def copy_steps(
+    site: Site, ui: UI, opts: Options, source: str, target: str, pairs: Pairs
+) -> list[Step]:
+    def copier(src_addr: str, dst_addr: str) -> Step:
+        disk = site.state.disk(source, src_addr)
+        total = disk.size if disk else 0
+
+        def action() -> dict[str, object]:
+            label = f"{source} {src_addr} -> {target} {dst_addr}"
+            with ui.progress(label, total) as progress:
+                result = site.hv.copy_disk(
+                    source, src_addr, target, dst_addr, progress=progress, verify=opts.verify
+                )
+            fields = {k: getattr(v, "value", v) for k, v in asdict(result).items()}
+            return {"source": f"{source} {src_addr}", "target": f"{target} {dst_addr}"} | fields
+
+        return Step(f"copy {source} {src_addr} to {target} {dst_addr}", action)
+
+    return [copier(s, t) for s, t in pairs]
+
 
 def copy_guest(
-    site: Site,
-    ui: UI,
-    opts: Options,
-    operation: str,
-    source: str,
-    target: str,
-    pairs: Sequence[tuple[str, str]],
+    site: Site, ui: UI, opts: Options, operation: str, source: str, target: str, pairs: Pairs
 ) -> Outcome:
     """Copy source's disks onto target's, address pair by pair, after the paper's checks."""
     with site.locked():
-        guards.logged_off(site, source)
-        guards.logged_off(site, target)
-        guards.has_disks(site, source, [s for s, _ in pairs])
-        guards.has_disks(site, target, [t for _, t in pairs])
-        guards.not_linked(site, target, [t for _, t in pairs])
-
-        def copier(src_addr: str, dst_addr: str) -> Step:
-            size = site.state.disk(source, src_addr)
-            total = size.size if size else 0
-
-            def action() -> dict[str, object]:
-                label = f"{source} {src_addr} -> {target} {dst_addr}"
-                with ui.progress(label, total) as progress:
-                    result = site.hv.copy_disk(
-                        source, src_addr, target, dst_addr, progress=progress, verify=opts.verify
-                    )
-                return {"source": f"{source} {src_addr}", "target": f"{target} {dst_addr}"} | {
-                    k: (v.value if hasattr(v, "value") else v) for k, v in asdict(result).items()
-                }
-
-            return Step(f"copy {source} {src_addr} to {target} {dst_addr}", action)
-
-        steps = [copier(s, t) for s, t in pairs]
-        question = f"Do you want to copy R/W disks from {source} to {target}? y/n"
+        copy_guards(site, source, target, pairs)
         return perform(
             site,
             ui,
             opts,
             operation,
             {"source": source, "target": target},
-            steps,
-            question,
+            copy_steps(site, ui, opts, source, target, pairs),
+            f"Do you want to copy R/W disks from {source} to {target}? y/n",
         )
 
 
-def _same(site: Site) -> list[tuple[str, str]]:
+def same_addresses(site: Site) -> list[tuple[str, str]]:
     return [(d.address, d.address) for d in site.config.layout.copied]
 
 
 def mnt2tst(site: Site, ui: UI, opts: Options) -> Outcome:
     g = site.config.guests
-    return copy_guest(site, ui, opts, "mnt2tst", g.maintenance, g.test, _same(site))
+    return copy_guest(site, ui, opts, "mnt2tst", g.maintenance, g.test, same_addresses(site))
 
 
 def tst2mnt(site: Site, ui: UI, opts: Options) -> Outcome:
     g = site.config.guests
-    return copy_guest(site, ui, opts, "tst2mnt", g.test, g.maintenance, _same(site))
+    return copy_guest(site, ui, opts, "tst2mnt", g.test, g.maintenance, same_addresses(site))
 
 
 def mnt2gold(site: Site, ui: UI, opts: Options) -> Outcome:
@@ -79,12 +85,90 @@ def mnt2gold(site: Site, ui: UI, opts: Options) -> Outcome:
     return copy_guest(site, ui, opts, "mnt2gold", g.maintenance, g.gold[0], pairs)
 
 
-def clonerw(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
-    """S10GOLD 11Bx -> GUEST 01Bx: a read-write clone."""
-    role = guards.exists(site, guest)
-    if role is not Role.RW_CLONE:
-        raise RefusedError(f"{guest} is a {role.value} guest; clonerw needs one defined with --rw")
-    if site.state.last_success("mnt2gold") is None:
-        raise RefusedError("the gold has no read-write system yet; run mnt2gold first")
-    pairs = [(gold_rw_address(d.address), d.address) for d in site.config.layout.copied]
-    return copy_guest(site, ui, opts, "clonerw", site.config.guests.gold[0], guest, pairs)
+def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
+    """S10RWMNT -> S10ROGLD, then made a read-only-root system on the worker (mnt2rogld.sh).
+
+    Always starts again from a fresh copy of the maintenance system, so a rerun (or a
+    run after an interrupted one) gives the same result.
+    """
+    g = site.config.guests
+    source, target = g.maintenance, g.staging
+    pairs = same_addresses(site)
+    filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
+    with site.locked():
+        copy_guards(site, source, target, pairs)
+
+        def convert() -> None:
+            mounts = [
+                (str(d.mount), site.hv.worker_path(target, d.address), str(d.fs))
+                for d in filesystems
+            ]
+            with mounted_tree(mounts) as root:
+                make_readonly(root, site.config.layout, ui.step)
+
+        steps = copy_steps(site, ui, opts, source, target, pairs)
+        steps.append(Step(f"mount {target} on the worker and make it a read-only root", convert))
+        return perform(
+            site,
+            ui,
+            opts,
+            "mnt2rogld",
+            {"source": source, "target": target},
+            steps,
+            f"Do you want to copy {source} to {target} and make it read-only? y/n",
+        )
+
+
+def free_slot(site: Site) -> int:
+    """A gold slot that no guest links, the current one last; refuse if there is none."""
+    current = site.state.current_slot()
+    free = [
+        n
+        for n, holder in enumerate(site.config.guests.gold, start=1)
+        if not [lk for lk in site.hv.links_to(holder) if lk.guest != holder]
+    ]
+    if not free:
+        raise RefusedError(
+            "every gold slot is linked by read-only clones; migrate them off one first"
+            " (see `sharedroot linked`)"
+        )
+    return sorted(free, key=lambda n: (n == current, n))[0]
+
+
+def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outcome:
+    """S10ROGLD 01Bx -> slot N's 21Bx (RO2GOLD, RO2GOLD2); slot N becomes current."""
+    staging = site.config.guests.staging
+    layout = site.config.layout
+    with site.locked():
+        if site.state.last_success("mnt2rogld") is None:
+            raise RefusedError(f"{staging} holds no read-only system yet; run mnt2rogld first")
+        chosen = free_slot(site) if slot is None else slot
+        holder = site.config.slot_holder(chosen)
+        linkers = sorted({lk.guest for lk in site.hv.links_to(holder) if lk.guest != holder})
+        if linkers:
+            raise RefusedError(
+                f"WARNING: guests are currently reading the {holder} disks (gold slot"
+                f" {chosen}): {', '.join(linkers)}. The slot cannot be overwritten while"
+                " they link it; stop or migrate them, or choose another --slot"
+            )
+        pairs = [(d.address, gold_ro_address(d.address)) for d in layout.copied]
+        copy_guards(site, staging, holder, pairs)
+
+        def promote() -> dict[str, object]:
+            hashes = {t: content_hash(site.hv.worker_path(holder, t)) for _, t in pairs}
+            with site.state.transaction():
+                generation = site.state.add_generation(chosen, staging, hashes)
+                site.state.set_current_slot(chosen)
+            return {"slot": chosen, "holder": holder, "generation": generation}
+
+        steps = copy_steps(site, ui, opts, staging, holder, pairs)
+        steps.append(Step(f"record the generation and make gold slot {chosen} current", promote))
+        return perform(
+            site,
+            ui,
+            opts,
+            "ro2gold",
+            {"slot": chosen, "holder": holder},
+            steps,
+            f"Do you want to copy {staging} to {holder} (gold slot {chosen})? y/n",
+        )

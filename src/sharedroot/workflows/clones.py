@@ -1,0 +1,70 @@
+"""CLONERW and CLONERO: new servers from the gold (§1.5.8, §1.6.4)."""
+
+from __future__ import annotations
+
+from sharedroot.errors import RefusedError
+from sharedroot.model.layout import gold_ro_address, gold_rw_address
+from sharedroot.model.types import Mode, Role
+from sharedroot.workflows import guards
+from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
+from sharedroot.workflows.pipeline import copy_guards, copy_guest, copy_steps
+
+
+def _require_role(site: Site, guest: str, role: Role, flag: str, command: str) -> None:
+    have = guards.exists(site, guest)
+    if have is not role:
+        raise RefusedError(
+            f"{guest} is a {have.value} guest; {command} needs one defined with {flag}"
+        )
+
+
+def clonerw(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
+    """S10GOLD 11Bx -> GUEST 01Bx: a read-write clone."""
+    _require_role(site, guest, Role.RW_CLONE, "--rw", "clonerw")
+    if site.state.last_success("mnt2gold") is None:
+        raise RefusedError("the gold has no read-write system yet; run mnt2gold first")
+    pairs = [(gold_rw_address(d.address), d.address) for d in site.config.layout.copied]
+    return copy_guest(site, ui, opts, "clonerw", site.config.guests.gold[0], guest, pairs)
+
+
+def profile(site: Site, slot: int) -> list[tuple[str, str, str]]:
+    """A slot's profile (S10DFLT, S10DFLT2): the RR links (address, holder, holder address)."""
+    holder = site.config.slot_holder(slot)
+    return [(d.address, holder, gold_ro_address(d.address)) for d in site.config.layout.shared]
+
+
+def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
+    """Copy the private disks from the current slot's templates; LINK the rest RR."""
+    _require_role(site, guest, Role.RO_CLONE, "--ro", "clonero")
+    layout = site.config.layout
+    with site.locked():
+        slot = site.state.current_slot()
+        if slot is None:
+            raise RefusedError("there is no current gold slot yet; run mnt2rogld and ro2gold")
+        holder = site.config.slot_holder(slot)
+        pairs = [(gold_ro_address(d.address), d.address) for d in layout.private]
+        copy_guards(site, holder, guest, pairs)
+        links = profile(site, slot)
+
+        def relink() -> dict[str, object]:
+            with site.state.transaction():
+                for addr, owner, owner_addr in links:
+                    if site.state.link(guest, addr) is not None:
+                        site.hv.detach(guest, addr)
+                    site.hv.link(guest, addr, owner, owner_addr, Mode.RR)
+            return {"guest": guest, "slot": slot, "holder": holder}
+
+        steps = copy_steps(site, ui, opts, holder, guest, pairs)
+        addrs = " ".join(a for a, _, _ in links)
+        steps.append(Step(f"LINK {holder} 21Bx RR at {addrs} (gold slot {slot})", relink))
+        if site.hv.get_parm(guest) is None:
+            ui.step(f"note: {guest} has no parm file; it will keep the gold's identity")
+        return perform(
+            site,
+            ui,
+            opts,
+            "clonero",
+            {"guest": guest, "slot": slot},
+            steps,
+            f"Do you want to clone {holder} (gold slot {slot}) to {guest}? y/n",
+        )

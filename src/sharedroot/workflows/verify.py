@@ -1,0 +1,90 @@
+"""VERIFY: boot a read-only clone and run the paper's §1.6.3 checks, and a few more."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sharedroot.errors import InputError
+from sharedroot.model.parm import identity_from_parm
+from sharedroot.model.types import GuestState
+from sharedroot.workflows import guards
+from sharedroot.workflows.context import UI, Options, Site
+from sharedroot.workflows.guest import start
+
+WRITABLE = ("/etc", "/var", "/root", "/srv", "/tmp")  # the paper's five that must work
+READONLY = ("/", "/usr", "/opt")  # and the three that must fail
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) -> list[Check]:
+    guards.exists(site, guest)
+    if site.hv.query(guest) is not GuestState.LOGGED_ON:
+        start(site, ui, opts, guest, wait=True, timeout=timeout)
+
+    def sh(script: str) -> tuple[int, str, str]:
+        code, out, err = site.hv.execute(guest, ["sh", "-c", script], 120)
+        return code, out.decode(errors="replace").strip(), err.decode(errors="replace").strip()
+
+    checks: list[Check] = []
+    for d in WRITABLE:
+        code, _, err = sh(f"touch {d}/foo && rm {d}/foo")
+        checks.append(Check(f"touch {d}/foo", code == 0, "writable" if code == 0 else err))
+    for d in READONLY:
+        path = f"{d.rstrip('/')}/foo"
+        code, _, err = sh(f"touch {path}")
+        ok = code != 0 and "Read-only file system" in err
+        checks.append(Check(f"touch {path} fails", ok, err or "it succeeded: the disk is writable"))
+
+    parm = site.hv.get_parm(guest)
+    _, hostname, _ = sh("hostname")
+    if parm is None:
+        checks.append(Check("hostname from the parm file", False, f"{guest} has no parm file"))
+    else:
+        try:
+            want = identity_from_parm(parm).short_name
+            checks.append(
+                Check(
+                    "hostname from the parm file",
+                    hostname == want,
+                    f"{hostname} (parm file: {want})",
+                )
+            )
+        except InputError as exc:
+            checks.append(Check("hostname from the parm file", False, str(exc)))
+
+    _, machine_id, _ = sh("cat /etc/machine-id")
+    seen = site.state.fact(f"machine-id:{guest}")
+    others = {
+        k.removeprefix("machine-id:")
+        for k, v in site.state.facts("machine-id:").items()
+        if v == machine_id and k != f"machine-id:{guest}"
+    }
+    own = len(machine_id) == 32 and not others
+    stable = seen is None or seen == machine_id
+    detail = machine_id + (f"; also {', '.join(sorted(others))}'s" if others else "")
+    detail += "" if stable else f"; was {seen} at the last verify"
+    checks.append(Check("machine-id is its own and stable", own and stable, detail))
+    if own:
+        with site.state.transaction():
+            site.state.set_fact(f"machine-id:{guest}", machine_id)
+
+    _, failed, _ = sh("systemctl --failed --no-legend --plain")
+    checks.append(Check("systemctl --failed is empty", failed == "", failed or "none failed"))
+
+    for disk in site.config.layout.shared:
+        dev = f"/dev/disk/by-id/virtio-{disk.address}"
+        _, ro, _ = sh(f'cat /sys/class/block/$(basename "$(readlink -f {dev})")/ro')
+        checks.append(
+            Check(
+                f"{disk.address} {disk.mount} attached read-only",
+                ro == "1",
+                "read-only" if ro == "1" else f"ro={ro or '?'}",
+            )
+        )
+    return checks
