@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,18 +137,66 @@ def image_hashes(site: Site) -> dict[str, str]:
     return {f"{d.owner} {d.address}": sparse_hash(site.home / d.file) for d in site.state.disks()}
 
 
+SHAREDROOT = str(Path(sys.executable).parent / "sharedroot")
+BOOT_TIMEOUT = "600"  # TCG on a loaded 2-core machine
+
+
+class BootSite:
+    """A site driven through the `sharedroot` program, as its users do (for real boots)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [SHAREDROOT, "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"sharedroot {' '.join(args)}: {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def sh(self, guest: str, script: str) -> str:
+        return self.run("exec", guest, "--", "sh", "-c", script).stdout
+
+    def state(self, guest: str) -> str:
+        rows = json.loads(self.run("guests", "--json").stdout)
+        return str(next(g["state"] for g in rows if g["name"] == guest))
+
+    def start(self, *guests: str) -> None:
+        """`start --wait` of each guest at once, so they boot side by side."""
+        argv = [SHAREDROOT, "--home", str(self.home), "start", "--wait", "--timeout", BOOT_TIMEOUT]
+        procs = [
+            subprocess.Popen(
+                [*argv, g],
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                text=True,
+            )
+            for g in guests
+        ]
+        for g, p in zip(guests, procs, strict=True):
+            _, err = p.communicate()
+            assert p.returncode == 0, f"start --wait {g}: {err}"
+
+
 @pytest.fixture
-def logged_on(site: Site) -> Iterator[Callable[[str], None]]:
-    """Log a guest on the way QEMU will: a live process holding its run lock."""
+def lock_holders() -> Iterator[Callable[[Path, str], None]]:
+    """Log a guest on the way QEMU does: a live process holding its run lock."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def logon(guest: str) -> None:
-        lock = site.home / "run" / f"{guest}.lock"
+    def logon(home: Path, guest: str) -> None:
+        lock = home / "run" / f"{guest}.lock"
         lock.parent.mkdir(exist_ok=True)
         proc = subprocess.Popen(["flock", "--no-fork", "--exclusive", str(lock), "sleep", "600"])
         procs.append(proc)
         deadline = time.monotonic() + 10
-        while site.hv.query(guest).value != "logged_on":
+        while (
+            subprocess.run(["flock", "--nonblock", "--shared", str(lock), "true"]).returncode == 0
+        ):
             assert time.monotonic() < deadline, "lock holder did not take the lock"
             time.sleep(0.02)
 
@@ -155,3 +204,13 @@ def logged_on(site: Site) -> Iterator[Callable[[str], None]]:
     for p in procs:
         p.kill()
         p.wait()
+
+
+@pytest.fixture
+def logged_on(site: Site, lock_holders: Callable[[Path, str], None]) -> Callable[[str], None]:
+    return lambda guest: lock_holders(site.home, guest)
+
+
+@pytest.fixture
+def logged_on_site(lock_holders: Callable[[Path, str], None]) -> Callable[[BootSite, str], None]:
+    return lambda site, guest: lock_holders(site.home, guest)

@@ -8,67 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from conftest import tree_hashes
+from conftest import BootSite, tree_hashes
+from sharedroot.workflows.context import Site
 
 pytestmark = [
     pytest.mark.boot,
     pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)"),
 ]
 
-SHAREDROOT = str(Path(sys.executable).parent / "sharedroot")
-BOOT_TIMEOUT = "600"  # TCG on a loaded 2-core machine
-
-
-class Site:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [SHAREDROOT, "--home", str(self.home), *args],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"sharedroot {' '.join(args)}: {proc.returncode}\n{proc.stderr}")
-        return proc
-
-    def sh(self, guest: str, script: str) -> str:
-        return self.run("exec", guest, "--", "sh", "-c", script).stdout
-
-    def state(self, guest: str) -> str:
-        rows = json.loads(self.run("guests", "--json").stdout)
-        return str(next(g["state"] for g in rows if g["name"] == guest))
-
-    def start(self, *guests: str) -> None:
-        """`start --wait` of each guest at once, so they boot side by side."""
-        argv = [SHAREDROOT, "--home", str(self.home), "start", "--wait", "--timeout", BOOT_TIMEOUT]
-        procs = [
-            subprocess.Popen(
-                [*argv, g],
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                text=True,
-            )
-            for g in guests
-        ]
-        for g, p in zip(guests, procs, strict=True):
-            _, err = p.communicate()
-            assert p.returncode == 0, f"start --wait {g}: {err}"
-
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    s = Site(tmp_path_factory.mktemp("rw") / "site")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
+    s = BootSite(tmp_path_factory.mktemp("rw") / "site")
     s.run("init", "--layout", "paper")
     s.run("install", "--yes")
     s.run("cloneprep", "--yes")
@@ -83,7 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         s.run("stop", g, "--timeout", "30", check=False)
 
 
-def identity(site: Site, guest: str) -> dict[str, str]:
+def identity(site: BootSite, guest: str) -> dict[str, str]:
     out = site.sh(
         guest,
         "hostname; cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519_key.pub;"
@@ -94,7 +49,7 @@ def identity(site: Site, guest: str) -> dict[str, str]:
     )
 
 
-def test_rw_clones_boot_with_their_own_identity(site: Site) -> None:
+def test_rw_clones_boot_with_their_own_identity(site: BootSite) -> None:
     site.start("LNX226", "LNX228")
     a, b = identity(site, "LNX226"), identity(site, "LNX228")
     assert a["hostname"] == "lnx226" and b["hostname"] == "lnx228"
@@ -127,10 +82,8 @@ def test_rw_clones_boot_with_their_own_identity(site: Site) -> None:
     site.run("stop", "LNX228")
 
 
-def test_hostile_parm_file_keeps_a_safe_identity(site: Site) -> None:
-    from sharedroot.workflows.context import Site as Store
-
-    store = Store.open(site.home)
+def test_hostile_parm_file_keeps_a_safe_identity(site: BootSite) -> None:
+    store = Site.open(site.home)
     store.hv.put_parm("LNX229", "HostIP=10.0.2.29 Hostname=x;reboot\nGateway=10.0.2.2\n")
     store.state.close()
     site.start("LNX229")
@@ -141,7 +94,7 @@ def test_hostile_parm_file_keeps_a_safe_identity(site: Site) -> None:
     site.run("stop", "LNX229")
 
 
-def test_start_with_a_missing_disk_is_refused(site: Site) -> None:
+def test_start_with_a_missing_disk_is_refused(site: BootSite) -> None:
     site.run("define", "LNX230", "--rw")
     (site.home / "disks/LNX230/01B6.img").unlink()
 

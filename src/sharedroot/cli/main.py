@@ -27,6 +27,7 @@ from sharedroot.workflows import (
     define,
     doctor,
     install,
+    migrate,
     pipeline,
     report,
     verify,
@@ -182,6 +183,20 @@ def cmd_linked(args: argparse.Namespace) -> Result:
     def render(out: Console) -> None:
         for line in report.linked_lines(facts):
             out.print(line, markup=False)
+        rows = [
+            [
+                str(h["slot"]) + (" (current)" if h["current"] else ""),
+                str(h["generation"] or "-"),
+                h["built_from"] or "-",
+                h["built"] or "-",
+                " ".join(c["name"] for c in h["clones"]) or "-",
+                " ".join(c["name"] for c in h["clones"] if c["running"]) or "-",
+            ]
+            for h in facts["holders"]
+            if h["slot"] is not None
+        ]
+        out.print()
+        _table(out, ["slot", "generation", "built from", "when", "clones", "running"], rows)
 
     return Result(facts, render)
 
@@ -345,6 +360,21 @@ def cmd_verify(args: argparse.Namespace) -> Result:
         out.print(f"{guest}: {'all checks passed' if not failed else f'{len(failed)} failed'}")
 
     return Result(data, render, 1 if failed else 0)
+
+
+def cmd_migrate(args: argparse.Namespace) -> Result:
+    guests = [guest_name(g) for g in args.guests]
+    outcome = migrate.migrate(
+        _site(args),
+        _ui(args),
+        _opts(args),
+        guests,
+        args.slot,
+        reboot=args.reboot,
+        parallel=args.parallel,
+        timeout=args.timeout,
+    )
+    return _outcome(outcome)
 
 
 def cmd_journal(args: argparse.Namespace) -> Result:
@@ -599,6 +629,21 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("guest")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for boot")
+
+    p = add(
+        "migrate",
+        cmd_migrate,
+        "move read-only clones to another gold slot (§1.7): relink to the slot's profile and"
+        " merge each clone's /etc three ways; rollback is a migrate back",
+    )
+    p.add_argument("guests", nargs="+", metavar="GUEST")
+    p.add_argument("--slot", type=int, required=True, help="the gold slot to move to")
+    p.add_argument(
+        "--reboot", action="store_true", help="stop running clones, move, start them again"
+    )
+    p.add_argument("--parallel", type=int, default=1, metavar="K", help="clones per wave (1)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds a clone may take to boot")
+    _writer_flags(p)
 
     p = add(
         "clonerw",

@@ -35,6 +35,7 @@ def write_fstab(
     lines.append("tmpfs\t/tmp\ttmpfs\tmode=1777,nosuid,nodev\t0 0")
     lines.extend(extra)
     path = root_dir / "etc/fstab"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".fstab.sharedroot-tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)  # by rename: never through a hard link into a cached tree

@@ -12,21 +12,27 @@ from sharedroot.run import run
 
 @contextlib.contextmanager
 def mounted_tree(
-    filesystems: Sequence[tuple[str, Path, str]], *, readonly: bool = False
+    filesystems: Sequence[tuple[str, Path, str]],
+    *,
+    readonly: bool = False,
+    at: Path | None = None,
 ) -> Iterator[Path]:
     """Mount (mount point, device or image file, fs type) parents first; unmount after.
 
     Image files are loop-mounted by mount(8) itself.  Unmounting happens in reverse
     order even when the body fails, so the worker never keeps a guest's disk mounted.
     """
-    root = Path(tempfile.mkdtemp(prefix="sharedroot-mnt-"))
+    if at is not None:  # a stable place, for work that must find the same paths again
+        at.mkdir(parents=True, exist_ok=True)
+    root = at or Path(tempfile.mkdtemp(prefix="sharedroot-mnt-"))
     done: list[Path] = []
     try:
         for mount, device, fs in sorted(filesystems, key=lambda f: len(Path(f[0]).parts)):
             target = root / mount.lstrip("/")
             if not target.is_dir():
                 target.mkdir(parents=True)
-            opts = "ro" if readonly else "rw"
+            # noload: a read-only look must not even replay an ext3/4 journal.
+            opts = ("ro,noload" if fs in ("ext3", "ext4") else "ro") if readonly else "rw"
             run(["mount", "-t", fs, "-o", opts, device, target])
             done.append(target)
         yield root

@@ -128,7 +128,8 @@ class State:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # Rollouts wait for guests in threads; SQLite itself serialises the connection.
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA foreign_keys = ON")
         version = self._version()
         if version is None:
@@ -299,6 +300,20 @@ class State:
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (f"fact:{key}", value),
         )
+
+    def forget_fact(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key = ?", (f"fact:{key}",))
+
+    def forget_facts(self, suffix: str) -> None:
+        """Drop what was learnt about a guest (e.g. after it was cloned anew)."""
+        self.db.execute("DELETE FROM meta WHERE key LIKE ?", (f"fact:%:{suffix}",))
+
+    def generation(self, gen: int) -> tuple[int, str, str, dict[str, str]] | None:
+        """(slot, source, created, hashes) of a generation."""
+        row = self.db.execute(
+            "SELECT slot, source, created, hashes FROM generations WHERE id = ?", (gen,)
+        ).fetchone()
+        return (int(row[0]), str(row[1]), str(row[2]), json.loads(row[3])) if row else None
 
     # journal ----------------------------------------------------------------
     def journal_start(self, operation: str, args: dict[str, Any]) -> int:

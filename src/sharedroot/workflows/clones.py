@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from sharedroot.errors import RefusedError
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
-from sharedroot.model.types import Mode, Role
+from sharedroot.model.types import Role
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 from sharedroot.workflows.pipeline import copy_guards, copy_guest, copy_steps
+from sharedroot.workflows.relink import profile, recover, relink_to
 
 
 def _require_role(site: Site, guest: str, role: Role, flag: str, command: str) -> None:
@@ -27,17 +28,12 @@ def clonerw(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     return copy_guest(site, ui, opts, "clonerw", site.config.guests.gold[0], guest, pairs)
 
 
-def profile(site: Site, slot: int) -> list[tuple[str, str, str]]:
-    """A slot's profile (S10DFLT, S10DFLT2): the RR links (address, holder, holder address)."""
-    holder = site.config.slot_holder(slot)
-    return [(d.address, holder, gold_ro_address(d.address)) for d in site.config.layout.shared]
-
-
 def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     """Copy the private disks from the current slot's templates; LINK the rest RR."""
     _require_role(site, guest, Role.RO_CLONE, "--ro", "clonero")
     layout = site.config.layout
     with site.locked():
+        recover(site, ui, guest)
         slot = site.state.current_slot()
         if slot is None:
             raise RefusedError("there is no current gold slot yet; run mnt2rogld and ro2gold")
@@ -48,10 +44,8 @@ def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
 
         def relink() -> dict[str, object]:
             with site.state.transaction():
-                for addr, owner, owner_addr in links:
-                    if site.state.link(guest, addr) is not None:
-                        site.hv.detach(guest, addr)
-                    site.hv.link(guest, addr, owner, owner_addr, Mode.RR)
+                site.state.forget_facts(guest)  # a new clone: a new machine-id to learn
+            relink_to(site, guest, slot)
             return {"guest": guest, "slot": slot, "holder": holder}
 
         steps = copy_steps(site, ui, opts, holder, guest, pairs)

@@ -9,6 +9,7 @@ from sharedroot.hypervisor.base import StartRequest
 from sharedroot.model.types import DiskKind, GuestState, Role
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
+from sharedroot.workflows.relink import recover
 
 NEVER_LOGGED_ON = {
     Role.GOLD: "a gold holder is never logged on (its directory password is NOLOG)",
@@ -34,6 +35,7 @@ def start(
     with site.locked():  # not while a copy is writing this guest's disks
         if site.hv.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is already logged on")
+        recover(site, ui, guest)  # a migrate killed half-way is finished first
         guards.devices_present(site, guest)
         step = Step(
             f"LOGON {guest} and IPL {request.boot_address}",

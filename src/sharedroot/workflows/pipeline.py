@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -150,6 +151,16 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
                 f"WARNING: guests are currently reading the {holder} disks (gold slot"
                 f" {chosen}): {', '.join(linkers)}. The slot cannot be overwritten while"
                 " they link it; stop or migrate them, or choose another --slot"
+            )
+        moving = [
+            k.removeprefix("migrating:")
+            for k, v in site.state.facts("migrating:").items()
+            if chosen in json.loads(v).values()
+        ]
+        if moving:  # an interrupted move still needs this slot's /etc template
+            raise RefusedError(
+                f"gold slot {chosen}: an interrupted migrate of {', '.join(moving)} still"
+                " needs it; run any command on those clones (e.g. verify) to finish it"
             )
         pairs = [(d.address, gold_ro_address(d.address)) for d in layout.copied]
         copy_guards(site, staging, holder, pairs)

@@ -51,11 +51,14 @@ def linked(site: Site) -> dict[str, Any]:
             "slot": None,
             "current": False,
             "generation": None,
+            "built_from": None,
+            "built": None,
             "clones": _linkers(site, cfg.guests.staging),
         }
     ]
     for n, holder in enumerate(cfg.guests.gold, start=1):
         row = slots.get(n)
+        gen = site.state.generation(row.generation) if row and row.generation else None
         holders.append(
             {
                 "holder": holder,
@@ -63,6 +66,8 @@ def linked(site: Site) -> dict[str, Any]:
                 "slot": n,
                 "current": n == current,
                 "generation": row.generation if row else None,
+                "built_from": gen[1] if gen else None,
+                "built": gen[2] if gen else None,
                 "clones": _linkers(site, holder),
             }
         )

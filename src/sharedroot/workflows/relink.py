@@ -1,0 +1,131 @@
+"""Moving one read-only clone between gold slots: relink, then merge its /etc.
+
+The move is recorded in the state until both steps are done; `recover` finishes an
+interrupted one (the process killed between relink and merge), and every command that
+acts on a clone calls it first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sharedroot.guestos import etcmerge
+from sharedroot.guestos.mount import mounted_tree
+from sharedroot.model.layout import gold_ro_address
+from sharedroot.model.types import Mode
+from sharedroot.workflows.context import UI, Site, Step
+
+
+def profile(site: Site, slot: int) -> list[tuple[str, str, str]]:
+    """A slot's profile (S10DFLT, S10DFLT2): the RR links (address, holder, holder address)."""
+    holder = site.config.slot_holder(slot)
+    return [(d.address, holder, gold_ro_address(d.address)) for d in site.config.layout.shared]
+
+
+def slot_of(site: Site, guest: str) -> int | None:
+    """The gold slot whose profile a clone links, or None."""
+    shared = site.config.layout.shared
+    link = site.state.link(guest, shared[0].address) if shared else None
+    if link is None or link.owner not in site.config.guests.gold:
+        return None
+    return site.config.guests.gold.index(link.owner) + 1
+
+
+def _record_key(guest: str) -> str:
+    return f"migrating:{guest}"
+
+
+def work_dir(site: Site, guest: str) -> Path:
+    return site.home / "work" / guest
+
+
+def _local_template(site: Site, slot: int) -> Path:
+    holder = site.config.slot_holder(slot)
+    local = next(d for d in site.config.layout.private if d.mount == "/local")
+    return site.hv.worker_path(holder, f"2{local.address[1:]}")
+
+
+@contextmanager
+def _etc_trees(site: Site, guest: str, base: int, theirs: int) -> Iterator[tuple[Path, ...]]:
+    """base, theirs (read-only) and ours (read-write) /etc trees, at stable places."""
+    local = next(d for d in site.config.layout.private if d.mount == "/local")
+    fs = str(local.fs)
+    work = work_dir(site, guest)
+    with (
+        mounted_tree(
+            [("/", _local_template(site, base), fs)], readonly=True, at=work / "base"
+        ) as b,
+        mounted_tree(
+            [("/", _local_template(site, theirs), fs)], readonly=True, at=work / "theirs"
+        ) as t,
+        mounted_tree([("/", site.hv.worker_path(guest, local.address), fs)], at=work / "ours") as o,
+    ):
+        yield b / "etc", t / "etc", o / "etc"
+
+
+def relink_to(site: Site, guest: str, slot: int) -> None:
+    with site.state.transaction():
+        for addr, owner, owner_addr in profile(site, slot):
+            if site.state.link(guest, addr) is not None:
+                site.hv.detach(guest, addr)
+            site.hv.link(guest, addr, owner, owner_addr, Mode.RR)
+
+
+def _merge(site: Site, ui: UI, guest: str, base: int, theirs: int) -> dict[str, Any]:
+    journal = work_dir(site, guest) / "etcmerge.json"
+    with _etc_trees(site, guest, base, theirs) as (b, t, o):
+        if journal.exists():
+            plan = etcmerge.resume_merge(journal, t, o)
+        else:
+            plan = etcmerge.plan_merge(b, t, o)
+            etcmerge.apply_merge(plan, t, o, journal=journal)
+    for c in plan.conflicts:
+        ui.step(f"{guest}: /etc/{c.path}: {c.reason}")
+    return {"guest": guest, "merge": plan.counts(), "conflicts": [c.path for c in plan.conflicts]}
+
+
+def _finish(site: Site, guest: str) -> None:
+    shutil.rmtree(work_dir(site, guest), ignore_errors=True)
+    with site.state.transaction():
+        site.state.forget_fact(_record_key(guest))
+
+
+def recover(site: Site, ui: UI, guest: str) -> None:
+    """Finish a move that was interrupted (the process killed between its steps)."""
+    record = site.state.fact(_record_key(guest))
+    if record is None:
+        return
+    move = json.loads(record)
+    base, target = int(move["from"]), int(move["to"])
+    if slot_of(site, guest) == base:  # killed before the relink: nothing happened yet
+        ui.step(f"{guest}: an interrupted migrate had not relinked yet; nothing to finish")
+        _finish(site, guest)
+        return
+    ui.step(f"{guest}: finishing an interrupted migrate from slot {base} to slot {target}")
+    relink_to(site, guest, target)
+    _merge(site, ui, guest, base, target)
+    _finish(site, guest)
+
+
+def move_steps(site: Site, ui: UI, guest: str, base: int, target: int) -> list[Step]:
+    holder = site.config.slot_holder(target)
+
+    def relink() -> None:
+        with site.state.transaction():
+            site.state.set_fact(_record_key(guest), json.dumps({"from": base, "to": target}))
+        relink_to(site, guest, target)
+
+    def merge() -> dict[str, Any]:
+        result = _merge(site, ui, guest, base, target)
+        _finish(site, guest)
+        return result | {"from": base, "to": target}
+
+    return [
+        Step(f"{guest}: LINK {holder} 21Bx RR (gold slot {base} -> {target})", relink),
+        Step(f"{guest}: merge /local/etc (slot {base} template -> slot {target})", merge),
+    ]

@@ -1,0 +1,107 @@
+"""Many servers on one shared root: mnt2rogld, ro2gold, clonero, verify (real boots).
+
+Three read-only clones of one gold slot run at once; each has its own /etc, hostname
+and machine-id; the gold's disks do not change by a byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from conftest import BootSite, tree_hashes
+
+pytestmark = [
+    pytest.mark.boot,
+    pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)"),
+]
+
+CLONES = {"LNX227": "10.0.2.27", "LNX242": "10.0.2.42", "LNX243": "10.0.2.43"}
+
+
+def gold_hashes(site: BootSite) -> dict[str, str]:
+    disks = site.home / "disks"
+    return {k: v for k, v in tree_hashes(disks).items() if k.startswith("S10GOLD/21")}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
+    s = BootSite(tmp_path_factory.mktemp("ro") / "site")
+    s.run("init", "--layout", "paper")
+    s.run("install", "--yes")
+    s.run("cloneprep", "--yes")
+    # Before any gold exists, clonero has nothing to clone from.
+    s.run("define", "LNX227", "--ro", "--hostname", "lnx227", "--ip", CLONES["LNX227"],
+          "--gateway", "10.0.2.2")  # fmt: skip
+    early = s.run("clonero", "LNX227", "--yes", check=False)
+    assert early.returncode == 1 and "no current gold slot" in early.stderr
+    s.run("mnt2rogld", "--yes")
+    s.run("ro2gold", "--yes")
+    for name, ip in CLONES.items():
+        if name != "LNX227":
+            s.run("define", name, "--ro", "--hostname", name.lower(), "--ip", ip,
+                  "--gateway", "10.0.2.2")  # fmt: skip
+        s.run("clonero", name, "--yes")
+    yield s
+    for g in CLONES:
+        s.run("stop", g, "--timeout", "30", check=False)
+
+
+def test_three_clones_share_one_root_and_pass_verify(site: BootSite) -> None:
+    gold_before = gold_hashes(site)
+    assert len(gold_before) == 7
+    linked = site.run("linked").stdout.splitlines()
+    assert linked[1] == "S10GOLD LINKS: [[GOLD 1]] LNX227 LNX242 LNX243"
+
+    site.start(*CLONES)
+    for guest in CLONES:
+        report = json.loads(site.run("verify", guest, "--json", check=False).stdout)
+        failed = [c for c in report["checks"] if not c["ok"]]
+        assert report["ok"], f"{guest}: {failed}"
+
+    # /etc is each clone's own: a file written on one is absent on the others ...
+    site.sh("LNX227", "echo mine > /etc/sharedroot-test")
+    for other in ("LNX242", "LNX243"):
+        assert site.sh(other, "cat /etc/sharedroot-test 2>/dev/null || echo absent") == "absent\n"
+    ids = {g: site.sh(g, "hostname; cat /etc/machine-id").split() for g in CLONES}
+    assert [ids[g][0] for g in CLONES] == ["lnx227", "lnx242", "lnx243"]
+    assert len({ids[g][1] for g in CLONES}) == 3
+
+    # ... and survives its reboot, with the same hostname and machine-id.
+    site.run("stop", "LNX227")
+    site.start("LNX227")
+    assert site.sh("LNX227", "cat /etc/sharedroot-test") == "mine\n"
+    assert site.sh("LNX227", "hostname; cat /etc/machine-id").split() == ids["LNX227"]
+    again = json.loads(site.run("verify", "LNX227", "--json", check=False).stdout)
+    assert again["ok"], again
+
+    # Package tools in a clone fail cleanly: the package database is read-only.
+    proc = site.run("exec", "LNX242", "--", "dpkg", "-r", "iputils-ping", check=False)
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr
+
+    # Nothing of all that changed the gold by a byte.
+    assert gold_hashes(site) == gold_before
+
+
+def test_ro2gold_onto_a_linked_slot_is_refused(site: BootSite) -> None:
+    before = tree_hashes(site.home / "disks")
+    proc = site.run("ro2gold", "--slot", "1", "--yes", check=False)
+    assert proc.returncode == 1
+    assert "LNX227" in proc.stderr and "LNX242" in proc.stderr
+    after = tree_hashes(site.home / "disks")
+    running = tuple(f"{g}/" for g in CLONES)  # running clones write their own disks
+    assert {k: v for k, v in after.items() if not k.startswith(running)} == {
+        k: v for k, v in before.items() if not k.startswith(running)
+    }
+
+
+def test_clonero_of_a_logged_on_guest_is_refused(
+    site: BootSite, logged_on_site: Callable[[BootSite, str], None]
+) -> None:
+    site.run("define", "LNX244", "--ro")
+    logged_on_site(site, "LNX244")
+    proc = site.run("clonero", "LNX244", "--yes", check=False)
+    assert proc.returncode == 1 and "LNX244 user ID must be logged off" in proc.stderr
