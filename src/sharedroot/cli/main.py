@@ -86,6 +86,13 @@ def _outcome(outcome: Outcome) -> Result:
                 )
             out.print(table)
         for r in outcome.results:
+            if "merge" in r:
+                counts = ", ".join(f"{n} {a}" for a, n in r["merge"].items() if n)
+                out.print(f"  {r['guest']}: /etc merged: {counts or 'nothing to do'}")
+                for path in r["beside"]:
+                    out.print(
+                        f"  {r['guest']}: the gold's new version is /etc/{path}", markup=False
+                    )
             for op, paths in r.get("changes", {}).items():
                 shown = ", ".join(paths[:4]) + (
                     f" (+{len(paths) - 4} more)" if len(paths) > 4 else ""

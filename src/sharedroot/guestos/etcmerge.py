@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -226,6 +227,9 @@ class _Tree:
             raise InputError(f"etcmerge: {label} {root}: not a plain directory ({exc})") from None
         try:
             self._scan(fd, "")
+        except OSError as exc:
+            # Something changed under us (an entry swapped for a symlink, say).
+            raise OperationError(f"etcmerge: reading {label} {root}: {exc}") from exc
         finally:
             os.close(fd)
 
@@ -399,12 +403,10 @@ class _Merger:
 
 def plan_merge(base: Path, theirs: Path, ours: Path) -> Plan:
     """What merging theirs' changes since base into ours would do; reads only."""
-    trees = [_Tree(Path(p), label) for p, label in ((base, "base"), (theirs, "theirs"))]
-    trees.append(_Tree(Path(ours), "ours"))
+    trees = (_Tree(Path(base), "base"), _Tree(Path(theirs), "theirs"), _Tree(Path(ours), "ours"))
     merger = _Merger(*trees)
     merger.merge_dir("")
-    notes = tuple(n for tree in trees for n in tree.notes)
-    return Plan(tuple(merger.changes), notes)
+    return Plan(tuple(merger.changes), tuple(n for tree in trees for n in tree.notes))
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -622,20 +624,27 @@ def _save_backup(bfd: int, index: int, ofd: int, name: str, meta: bool, sync: bo
         os.fsync(bfd)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` atomically: a reader sees the old journal or the new, whole."""
+def _write_json(path: Path, data: dict[str, Any], *, sync: bool = True, new: bool = True) -> None:
+    """Replace `path` atomically: a reader sees the old journal or the new, whole.
+
+    `new` also makes the rename itself durable.  A progress update does without: if a
+    power cut loses it, the older journal comes back, whose shorter list of done changes
+    only makes a resume repeat a few changes, harmlessly.
+    """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+        # One line: without indent json uses its C encoder, and this is written per change.
+        f.write(json.dumps(data) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    dfd = os.open(path.parent, _DIR_FLAGS)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if sync and new:
+        dfd = os.open(path.parent, _DIR_FLAGS)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def _read_journal(journal: Path) -> dict[str, Any]:
@@ -658,10 +667,16 @@ def _journal_plan(data: dict[str, Any]) -> Plan:
 
 
 def _check_same(recorded: object, given: Path, what: str, journal: Path) -> None:
-    """Refuse a tree other than the journal's (a tree moved elsewhere is accepted)."""
+    """Refuse a tree other than the journal's: the same path, or the same directory.
+
+    The path is what counts first: a clone's disk mounted again at the same place after
+    a crash has a new device number, so the same tree is no longer os.path.samefile.
+    """
     if not isinstance(recorded, str):
         raise InputError(f"etcmerge: {journal}: no {what} recorded")
-    if os.path.exists(recorded) and not os.path.samefile(recorded, given):
+    if str(given.resolve()) == recorded:
+        return
+    if not (os.path.exists(recorded) and os.path.samefile(recorded, given)):
         raise RefusedError(
             f"etcmerge: journal {journal} is for {what} {recorded}, not {given}; nothing done"
         )
@@ -689,15 +704,17 @@ def apply_merge(
     that already exists must hold this same plan: the apply then continues where it
     stopped.  Without a journal, applying the same plan again also finishes an
     interrupted apply, since every change can be repeated.  `sync` makes each new file,
-    backup and journal update durable (fsync) before the next step.
+    backup and journal update durable (fsync) before the next step.  While it works it
+    holds a lock on `<journal>.lock`: a second merge on the same journal is refused.
     """
     theirs, ours = Path(theirs), Path(ours)
-    if backup is not None and journal is None:
-        raise InputError("etcmerge: a backup directory needs a journal (undo reads it)")
-    done: set[int] = set()
-    state: dict[str, Any] | None = None
-    if journal is not None:
-        journal = Path(journal)
+    if journal is None:
+        if backup is not None:
+            raise InputError("etcmerge: a backup directory needs a journal (undo reads it)")
+        _apply_changes(plan, theirs, ours, sync, done=set(), journal=None)
+        return
+    journal = Path(journal)
+    with _locked(journal):
         if journal.exists():
             state = _read_journal(journal)
             if state.get("changes") != plan.to_json():
@@ -712,8 +729,7 @@ def apply_merge(
             backup = Path(state["backup"])
         else:
             backup = Path(backup) if backup is not None else default_backup(journal)
-            # Made before the journal: a journal on disk always has its backup directory.
-            backup.mkdir(mode=0o700, parents=True, exist_ok=True)
+            done = set()
             state = {
                 "format": _JOURNAL_FORMAT,
                 "version": _JOURNAL_VERSION,
@@ -725,30 +741,59 @@ def apply_merge(
                 "notes": list(plan.notes),
                 "done": [],
             }
-            _write_json(journal, state)
+        # Made before the journal is: a journal on disk always has its backup directory.
         backup.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        bfd = None if backup is None else stack.enter_context(_dir(backup, "", "backup"))
-        for index, change in enumerate(plan.changes):
-            if index in done:
-                continue
-            try:
-                _apply_one(change, index, theirs, ours, bfd, sync)
-            except (OSError, OperationError) as exc:
-                where = f"; journal {journal}: finish with resume_merge" if journal else ""
-                why = str(exc).removeprefix("etcmerge: ")
-                raise OperationError(
-                    f"etcmerge: {change.path} ({change.action}): {why}; "
-                    f"{len(done)} of {len(plan.changes)} changes done{where}"
-                ) from exc
-            done.add(index)
-            if journal is not None and state is not None and change.writes:
-                state["done"] = sorted(done)
-                _write_json(journal, state)
-    if journal is not None and state is not None:
-        state["done"] = sorted(done)
+        _write_json(journal, state, sync=sync)
+        with _dir(backup, "", "backup") as bfd:
+            _apply_changes(plan, theirs, ours, sync, done, (journal, state, bfd))
         state["state"] = "done"
-        _write_json(journal, state)
+        _write_json(journal, state, sync=sync)
+
+
+@contextlib.contextmanager
+def _locked(journal: Path) -> Iterator[None]:
+    """Hold the journal's lock: two merges at once on one journal would undo each
+    other's backups.  The lock goes with the process, however it ends."""
+    fd = os.open(journal.with_name(journal.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefusedError(
+                f"etcmerge: another merge holds journal {journal}; nothing done"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _apply_changes(
+    plan: Plan,
+    theirs: Path,
+    ours: Path,
+    sync: bool,
+    done: set[int],
+    journal: tuple[Path, dict[str, Any], int] | None,
+) -> None:
+    """Apply the changes not in `done`, recording each in the journal (path, its data
+    and the backup directory's descriptor) when there is one."""
+    for index, change in enumerate(plan.changes):
+        if index in done:
+            continue
+        try:
+            _apply_one(change, index, theirs, ours, None if journal is None else journal[2], sync)
+        except (OSError, OperationError) as exc:
+            where = f"; journal {journal[0]}: finish with resume_merge" if journal else ""
+            why = str(exc).removeprefix("etcmerge: ")
+            raise OperationError(
+                f"etcmerge: {change.path} ({change.action}): {why}; "
+                f"{len(done)} of {len(plan.changes)} changes done{where}"
+            ) from exc
+        done.add(index)
+        if journal is not None:
+            journal[1]["done"] = sorted(done)
+            if change.writes:
+                _write_json(journal[0], journal[1], sync=sync, new=False)
 
 
 def _apply_one(
@@ -799,13 +844,17 @@ def undo_merge(journal: Path, ours: Path, *, sync: bool = True) -> Plan:
     (the .sharedroot-new files included) goes.  Can itself be repeated."""
     journal = Path(journal)
     ours = Path(ours)
+    with _locked(journal):
+        return _undo(journal, ours, sync)
+
+
+def _undo(journal: Path, ours: Path, sync: bool) -> Plan:
     data = _read_journal(journal)
     _check_same(data.get("ours"), ours, "ours", journal)
     plan = _journal_plan(data)
     backup = Path(data["backup"])
     data["state"] = "undoing"
-    _write_json(journal, data)
-    backup.mkdir(mode=0o700, parents=True, exist_ok=True)  # gone: nothing was backed up
+    _write_json(journal, data, sync=sync)
     with _dir(backup, "", "backup") as bfd:
         # Last first: a directory's metadata comes back after what it holds.
         for index in reversed(range(len(plan.changes))):
@@ -835,5 +884,5 @@ def undo_merge(journal: Path, ours: Path, *, sync: bool = True) -> Plan:
                     f"etcmerge: undo {change.target}: {exc}; run undo_merge again"
                 ) from exc
     data["state"] = "undone"
-    _write_json(journal, data)
+    _write_json(journal, data, sync=sync)
     return plan

@@ -17,7 +17,7 @@ from sharedroot.model.types import GuestState, Role
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, perform
 from sharedroot.workflows.guest import start_request, wait_ready
-from sharedroot.workflows.relink import move_steps, recover, slot_of
+from sharedroot.workflows.relink import move_steps, preview, recover, slot_of
 
 T = TypeVar("T")
 
@@ -72,7 +72,13 @@ def migrate(
             guards.devices_present(site, g)
         if opts.dry_run:
             steps = [s for g in todo for s in move_steps(site, ui, g, int(moves[g] or 0), slot)]
-            return perform(site, ui, opts, "migrate", {"slot": slot}, steps)
+            outcome = perform(site, ui, opts, "migrate", {"slot": slot}, steps)
+            for g in todo:
+                plan = preview(site, g, int(moves[g] or 0), slot)
+                for c in plan.changes:
+                    ui.step(f"would {g}: /etc/{c.path}: {c.action} ({c.reason})")
+                outcome.results.append({"guest": g, "merge_plan": plan.to_json()})
+            return outcome
 
         question = (
             f"Do you want to move {len(todo)} clone(s) to gold slot {slot}"

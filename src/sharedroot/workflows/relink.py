@@ -51,8 +51,10 @@ def _local_template(site: Site, slot: int) -> Path:
 
 
 @contextmanager
-def _etc_trees(site: Site, guest: str, base: int, theirs: int) -> Iterator[tuple[Path, ...]]:
-    """base, theirs (read-only) and ours (read-write) /etc trees, at stable places."""
+def _etc_trees(
+    site: Site, guest: str, base: int, theirs: int, *, look_only: bool = False
+) -> Iterator[tuple[Path, ...]]:
+    """base, theirs (read-only) and ours (read-write unless look_only) /etc trees."""
     local = next(d for d in site.config.layout.private if d.mount == "/local")
     fs = str(local.fs)
     work = work_dir(site, guest)
@@ -86,7 +88,13 @@ def _merge(site: Site, ui: UI, guest: str, base: int, theirs: int) -> dict[str, 
             etcmerge.apply_merge(plan, t, o, journal=journal)
     for c in plan.conflicts:
         ui.step(f"{guest}: /etc/{c.path}: {c.reason}")
-    return {"guest": guest, "merge": plan.counts(), "conflicts": [c.path for c in plan.conflicts]}
+    beside = [c.target for c in plan.conflicts if c.writes]  # the gold's, as NAME.sharedroot-new
+    return {
+        "guest": guest,
+        "merge": plan.counts(),
+        "conflicts": [c.path for c in plan.conflicts],
+        "beside": beside,
+    }
 
 
 def _finish(site: Site, guest: str) -> None:
@@ -110,6 +118,15 @@ def recover(site: Site, ui: UI, guest: str) -> None:
     relink_to(site, guest, target)
     _merge(site, ui, guest, base, target)
     _finish(site, guest)
+
+
+def preview(site: Site, guest: str, base: int, target: int) -> etcmerge.Plan:
+    """The /etc merge a move would do, read from the disks without changing them."""
+    try:
+        with _etc_trees(site, guest, base, target, look_only=True) as (b, t, o):
+            return etcmerge.plan_merge(b, t, o)
+    finally:
+        shutil.rmtree(work_dir(site, guest), ignore_errors=True)
 
 
 def move_steps(site: Site, ui: UI, guest: str, base: int, target: int) -> list[Step]:
