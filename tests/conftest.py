@@ -147,6 +147,15 @@ class BootSite:
     def __init__(self, home: Path) -> None:
         self.home = home
 
+    @classmethod
+    def installed(cls, factory: pytest.TempPathFactory, name: str) -> BootSite:
+        """A new paper site with Linux installed on its maintenance guest and cleaned."""
+        site = cls(factory.mktemp(name) / "site")
+        site.run("init", "--layout", "paper")
+        site.run("install", "--yes")
+        site.run("cloneprep", "--yes")
+        return site
+
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [SHAREDROOT, "--home", str(self.home), *args],

@@ -29,10 +29,7 @@ def gold_hashes(site: BootSite) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    s = BootSite(tmp_path_factory.mktemp("ro") / "site")
-    s.run("init", "--layout", "paper")
-    s.run("install", "--yes")
-    s.run("cloneprep", "--yes")
+    s = BootSite.installed(tmp_path_factory, "ro")
     # Before any gold exists, clonero has nothing to clone from.
     s.run("define", "LNX227", "--ro", "--hostname", "lnx227", "--ip", CLONES["LNX227"],
           "--gateway", "10.0.2.2")  # fmt: skip

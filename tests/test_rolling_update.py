@@ -44,10 +44,7 @@ def tiny_package(tmp: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    s = BootSite(tmp_path_factory.mktemp("cycle") / "site")
-    s.run("init", "--layout", "paper")
-    s.run("install", "--yes")
-    s.run("cloneprep", "--yes")
+    s = BootSite.installed(tmp_path_factory, "cycle")
     s.run("mnt2gold", "--yes")
     s.run("mnt2rogld", "--yes")
     s.run("ro2gold", "--slot", "1", "--yes")

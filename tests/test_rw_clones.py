@@ -23,10 +23,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    s = BootSite(tmp_path_factory.mktemp("rw") / "site")
-    s.run("init", "--layout", "paper")
-    s.run("install", "--yes")
-    s.run("cloneprep", "--yes")
+    s = BootSite.installed(tmp_path_factory, "rw")
     s.run("mnt2gold", "--yes")
     for name, ip in (("LNX226", "10.0.2.26"), ("LNX228", "10.0.2.28"), ("LNX229", "10.0.2.29")):
         s.run(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sharedroot.errors import InputError, RefusedError
+from sharedroot.guestos.fdpath import join, lstat_at
 
 Log = Callable[[str], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -69,20 +70,9 @@ class _Tree:
             os.close(fd)
 
 
-def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _join(rel: str, name: str) -> str:
-    return f"{rel.strip('/')}/{name}" if rel.strip("/") else name
-
-
 def _remove_entry(fd: int, name: str) -> None:
     """Remove a file, symlink or whole directory below `fd` without following links."""
-    st = _lstat(name, fd)
+    st = lstat_at(name, fd)
     if st is None:
         return
     if stat.S_ISDIR(st.st_mode):
@@ -99,9 +89,9 @@ def _remove(tree: _Tree, rel_dir: str, names: Sequence[str]) -> list[str]:
         if fd is None:
             return []
         for name in names:
-            if _lstat(name, fd) is not None:
+            if lstat_at(name, fd) is not None:
                 _remove_entry(fd, name)
-                done.append(_join(rel_dir, name))
+                done.append(join(rel_dir, name))
     return done
 
 
@@ -124,7 +114,7 @@ def _write_file(tree: _Tree, rel_dir: str, name: str, text: str, mode: int) -> l
     with tree.dir(rel_dir) as fd:
         if fd is None:
             return []
-        st = _lstat(name, fd)
+        st = lstat_at(name, fd)
         if st is not None and stat.S_ISREG(st.st_mode):
             with os.fdopen(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
                 if f.read(len(text) + 1) == text.encode():
@@ -135,7 +125,7 @@ def _write_file(tree: _Tree, rel_dir: str, name: str, text: str, mode: int) -> l
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         with os.fdopen(os.open(name, flags, mode, dir_fd=fd), "w") as f:
             f.write(text)
-    return [_join(rel_dir, name)]
+    return [join(rel_dir, name)]
 
 
 # --- the operations ----------------------------------------------------------------
@@ -146,7 +136,7 @@ def _machine_id(tree: _Tree) -> list[str]:
     # commits it where /etc is writable (every clone's own /etc or /local/etc).
     done = _write_file(tree, "etc", "machine-id", "uninitialized\n", 0o444)
     with tree.dir("var/lib/dbus") as fd:
-        st = None if fd is None else _lstat("machine-id", fd)
+        st = None if fd is None else lstat_at("machine-id", fd)
     # A regular copy would give every clone the gold's ID over D-Bus; Debian's symlink
     # to /etc/machine-id is right and stays.
     if st is not None and stat.S_ISREG(st.st_mode):
@@ -175,7 +165,7 @@ def _logfiles(tree: _Tree) -> list[str]:
                 dirnames[:] = [d for d in dirnames if d != "journal"]
             dirnames.sort()
             for name in sorted(filenames):
-                st = _lstat(name, dfd)
+                st = lstat_at(name, dfd)
                 if st is None or not stat.S_ISREG(st.st_mode):
                     continue  # symlinks, sockets: never followed
                 if _ROTATED.search(name):
@@ -188,7 +178,7 @@ def _logfiles(tree: _Tree) -> list[str]:
                         os.close(fd)
                 else:
                     continue
-                done.append(_join(rel, name))
+                done.append(join(rel, name))
     return done
 
 

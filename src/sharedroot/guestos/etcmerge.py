@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.guestos.fdpath import join, lstat_at
 
 NEW_SUFFIX = ".sharedroot-new"
 # Names this module leaves beside a target only while it works on it; plan_merge ignores
@@ -199,10 +200,6 @@ def _read_xattrs(target: int | str) -> tuple[tuple[str, bytes], ...]:
     return tuple(values)
 
 
-def _join(rel: str, name: str) -> str:
-    return f"{rel}/{name}" if rel else name
-
-
 def _split(path: str) -> tuple[str, str]:
     """(parent, name) of a relative path; refuses anything that could leave the tree."""
     parts = path.split("/")
@@ -238,7 +235,7 @@ class _Tree:
         with os.scandir(fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for item in entries:
-            name, path = item.name, _join(rel, item.name)
+            name, path = item.name, join(rel, item.name)
             if name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
                 self.notes.append(f"{self.label}: {path}: left by an interrupted merge; ignored")
                 continue
@@ -453,13 +450,6 @@ def _opendir(name: str, dir_fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 def _aside(prefix: str, name: str) -> str:
     # Hashed, so the name fits NAME_MAX and never clashes with a real /etc name.
     return prefix + hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
@@ -541,7 +531,7 @@ def _copy_entry(sfd: int, sname: str, dfd: int, dname: str, sync: bool) -> None:
 
 def _remove_entry(dfd: int, name: str) -> None:
     """Remove an entry, a directory with everything in it; a missing one is fine."""
-    st = _lstat(name, dfd)
+    st = lstat_at(name, dfd)
     if st is None:
         return
     if stat.S_ISDIR(st.st_mode):
@@ -565,7 +555,7 @@ def _place(sfd: int, sname: str, dfd: int, dname: str, sync: bool) -> None:
     _clean_aside(dfd, dname)
     tmp = _aside(_TMP_PREFIX, dname)
     _copy_entry(sfd, sname, dfd, tmp, sync)
-    cur = _lstat(dname, dfd)
+    cur = lstat_at(dname, dfd)
     new = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
     if cur is not None and (stat.S_ISDIR(cur.st_mode) or stat.S_ISDIR(new.st_mode)):
         # rename() cannot put a directory over a file or over a full directory (nor a
@@ -602,11 +592,11 @@ def _save_backup(bfd: int, index: int, ofd: int, name: str, meta: bool, sync: bo
     """Save what ours has at `name`, once: a rerun finds the first backup and keeps it,
     since by then ours may already hold the new version."""
     copy, absent, meta_name = _backup_names(index)
-    if any(_lstat(n, bfd) is not None for n in (copy, absent, meta_name)):
+    if any(lstat_at(n, bfd) is not None for n in (copy, absent, meta_name)):
         return
     tmp = f"{index}.tmp"
     _remove_entry(bfd, tmp)
-    st = _lstat(name, ofd)
+    st = lstat_at(name, ofd)
     if st is None:
         os.close(os.open(absent, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=bfd))
     elif meta:
@@ -813,7 +803,7 @@ def _apply_one(
                 os.fsync(ofd)
             return
         with _dir(theirs, tparent, "theirs") as tfd:
-            if _lstat(tname, tfd) is None:
+            if lstat_at(tname, tfd) is None:
                 raise OperationError(
                     f"etcmerge: theirs {theirs}: {change.path} is gone since the plan was made"
                 )
@@ -863,7 +853,7 @@ def _undo(journal: Path, ours: Path, sync: bool) -> Plan:
                 continue
             parent, name = _split(change.target)
             copy, absent, meta = _backup_names(index)
-            found = [n for n in (copy, absent, meta) if _lstat(n, bfd) is not None]
+            found = [n for n in (copy, absent, meta) if lstat_at(n, bfd) is not None]
             if not found:
                 continue  # the apply never reached this change
             try:
