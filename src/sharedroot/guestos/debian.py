@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sharedroot.errors import OperationError
+from sharedroot.guestos import earlybind
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
@@ -29,7 +30,7 @@ from sharedroot.model.types import DiskKind
 from sharedroot.run import CommandError, run
 
 # Bump when the build code changes what the tree holds, so caches are rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 COMPLETE_MARK = ".sharedroot-complete"
 
@@ -193,6 +194,7 @@ def _preconfigure(root: Path, recipe: Recipe) -> None:
     )
     (conf / "modules").write_text("\n".join(recipe.initramfs_modules) + "\n")
     write_fstab(root, recipe.layout)
+    earlybind.write_scripts(root)  # idle until a read-only root's boot config switches it on
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/hosts").write_text(
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname}\n"

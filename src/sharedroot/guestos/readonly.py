@@ -2,9 +2,9 @@
 
 Works on the staging guest's disks mounted as one tree on the worker.  For a modern
 systemd distribution the paper's boot.rootfsck patch becomes an initramfs-tools
-local-bottom script: /local is mounted and etc, root and srv are bound from it over
-the read-only root BEFORE PID 1 starts, so systemd reads the clone's own /etc (its
-hostname, machine-id, fstab) and never the gold's.
+local-bottom script (earlybind.py): /local is mounted and etc, root and srv are bound
+from it over the read-only root BEFORE PID 1 starts, so systemd reads the clone's own
+/etc (its hostname, machine-id, fstab) and never the gold's.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
+from sharedroot.guestos import earlybind
 from sharedroot.guestos.debian import chroot_mounts
+from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_word
 from sharedroot.guestos.fstab import write_fstab
+from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, parse_boot_config, render_boot_config
 from sharedroot.model.layout import Layout
 from sharedroot.run import run
 
-BOUND = ("etc", "root", "srv")  # bound from /local at boot (the paper's three)
-LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
-HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
 # The gold's package database, kept on the read-only /usr and bound read-only over
 # /var/lib/dpkg (the paper binds /var/lib/rpm so): apt and dpkg in a clone then fail
 # cleanly instead of half-changing a root they cannot write.
@@ -29,45 +29,6 @@ PKGDB = "usr/lib/sharedroot/dpkg"
 PKGDB_MOUNT = "var/lib/dpkg"
 
 Log = Callable[[str], None]
-
-
-def local_bottom_script(address: str, fs: str) -> str:
-    return f"""#!/bin/sh
-# sharedroot: the clone's own /etc, /root and /srv come from its /local disk ({address}),
-# bound over the read-only root before PID 1 starts (the paper's boot.rootfsck change).
-PREREQ=""
-prereqs() {{ echo "$PREREQ"; }}
-case "$1" in prereqs) prereqs; exit 0 ;; esac
-. /scripts/functions
-
-dev=/dev/disk/by-id/virtio-{address}
-n=0
-while [ ! -b "$dev" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-if [ ! -b "$dev" ]; then
-    log_failure_msg "sharedroot: no /local disk $dev; /etc stays the gold's (read-only)"
-    exit 0
-fi
-# As boot.rootfsck did: check /local before using it (exit 1 means errors were fixed).
-if [ -x /sbin/e2fsck ]; then /sbin/e2fsck -p "$dev" >/dev/null 2>&1; fi
-if ! mount -t {fs} -o rw "$dev" "${{rootmnt}}/local"; then
-    log_failure_msg "sharedroot: cannot mount $dev on /local; /etc stays the gold's"
-    exit 0
-fi
-for d in {" ".join(BOUND)}; do
-    [ -d "${{rootmnt}}/local/$d" ] && mount -o bind "${{rootmnt}}/local/$d" "${{rootmnt}}/$d"
-done
-exit 0
-"""
-
-
-HOOK_SCRIPT = """#!/bin/sh
-# sharedroot: e2fsck for the /local check in local-bottom/sharedroot-local.
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in prereqs) prereqs; exit 0 ;; esac
-. /usr/share/initramfs-tools/hook-functions
-copy_exec /sbin/e2fsck /sbin
-"""
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -114,14 +75,19 @@ def make_readonly(root: Path, layout: Layout, log: Log) -> None:
     shutil.rmtree(root / PKGDB, ignore_errors=True)
     (root / PKGDB).parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", root / PKGDB_MOUNT, root / PKGDB])
-    log(f"initramfs: bind {', '.join('/' + b for b in BOUND)} from /local before PID 1")
-    _write(root / LOCAL_BOTTOM, local_bottom_script(local.address, local.fs), 0o755)
-    _write(root / HOOK, HOOK_SCRIPT, 0o755)
-    versions = _kernel_versions(root)
-    with chroot_mounts(root):
-        for version in versions:
-            log(f"update-initramfs for {version}")
-            run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
+    word = cmdline_word(local.address, local.fs)
+    log(f"boot: {word}: bind {', '.join('/' + b for b in BOUND)} from /local before PID 1")
+    if not earlybind.installed(root):  # a system installed before the switch existed
+        earlybind.write_scripts(root)
+        with chroot_mounts(root):
+            for version in _kernel_versions(root):
+                log(f"update-initramfs for {version} (adds the early bind script)")
+                run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
+    conf_path = root / "boot" / BOOT_CONFIG_NAME
+    conf = parse_boot_config(conf_path.read_text())
+    words = [w for w in conf.cmdline.split() if not w.startswith(f"{CMDLINE_KEY}=")]
+    words = [w for w in words if w != "rw"] + (["ro"] if "ro" not in words else [])
+    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, " ".join([*words, word])))
     # Last, so /local gets the /etc changed above: at boot it is the clone's /etc.
     for name in BOUND:
         target = root / "local" / name

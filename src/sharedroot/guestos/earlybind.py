@@ -1,0 +1,89 @@
+"""The initramfs-tools part of a read-only root: bind /etc, /root, /srv from /local
+before PID 1 starts (the paper's boot.rootfsck change, for systemd systems).
+
+The script is in every installed system's initramfs from the start and does nothing
+until the kernel command line says `sharedroot.local=ADDR:FSTYPE`; mnt2rogld only adds
+that word to the boot configuration, so making a read-only root needs no initramfs
+rebuild.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
+HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
+BOUND = ("etc", "root", "srv")  # bound from /local at boot (the paper's three)
+CMDLINE_KEY = "sharedroot.local"
+MARKER = "# sharedroot early bind v2"  # a script without it predates the command-line switch
+
+
+def cmdline_word(address: str, fs: str) -> str:
+    return f"{CMDLINE_KEY}={address}:{fs}"
+
+
+LOCAL_BOTTOM_SCRIPT = f"""#!/bin/sh
+{MARKER}
+# A read-only clone's own /etc, /root and /srv come from its /local disk, bound over the
+# read-only root before PID 1 starts. Active only with {CMDLINE_KEY}=ADDR:FSTYPE.
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+. /scripts/functions
+
+spec=""
+for word in $(cat /proc/cmdline); do
+    case "$word" in {CMDLINE_KEY}=*) spec="${{word#{CMDLINE_KEY}=}}" ;; esac
+done
+[ -n "$spec" ] || exit 0
+addr="${{spec%%:*}}"
+fs="${{spec#*:}}"
+case "$addr" in [0-9A-F][0-9A-F][0-9A-F][0-9A-F]) ;; *)
+    log_failure_msg "sharedroot: bad {CMDLINE_KEY}=$spec"; exit 0 ;; esac
+case "$fs" in ext2|ext3|ext4|xfs) ;; *)
+    log_failure_msg "sharedroot: bad {CMDLINE_KEY}=$spec"; exit 0 ;; esac
+
+dev="/dev/disk/by-id/virtio-$addr"
+n=0
+while [ ! -b "$dev" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+if [ ! -b "$dev" ]; then
+    log_failure_msg "sharedroot: no /local disk $dev; /etc stays the gold's (read-only)"
+    exit 0
+fi
+# As boot.rootfsck did: check /local before using it (exit 1 means errors were fixed).
+if [ -x /sbin/e2fsck ] && [ "$fs" != xfs ]; then /sbin/e2fsck -p "$dev" >/dev/null 2>&1; fi
+if ! mount -t "$fs" -o rw "$dev" "${{rootmnt}}/local"; then
+    log_failure_msg "sharedroot: cannot mount $dev on /local; /etc stays the gold's"
+    exit 0
+fi
+for d in {" ".join(BOUND)}; do
+    [ -d "${{rootmnt}}/local/$d" ] && mount -o bind "${{rootmnt}}/local/$d" "${{rootmnt}}/$d"
+done
+exit 0
+"""
+
+HOOK_SCRIPT = """#!/bin/sh
+# sharedroot: e2fsck for the /local check in local-bottom/sharedroot-local.
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+. /usr/share/initramfs-tools/hook-functions
+copy_exec /sbin/e2fsck /sbin
+"""
+
+
+def write_scripts(root: Path) -> None:
+    """Put the script and its hook into a tree (the next initramfs build takes them)."""
+    for rel, text in ((LOCAL_BOTTOM, LOCAL_BOTTOM_SCRIPT), (HOOK, HOOK_SCRIPT)):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.sharedroot-tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(path)
+
+
+def installed(root: Path) -> bool:
+    """Whether the tree's initramfs was built with this version of the script."""
+    path = root / LOCAL_BOTTOM
+    return path.is_file() and MARKER in path.read_text()
