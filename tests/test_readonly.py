@@ -48,7 +48,7 @@ def test_make_readonly_changes_what_the_paper_changes(tree: Path) -> None:
     assert (tree / PKGDB / "status").read_text() == "Package: base-files\n"
     cmdline = parse_boot_config((tree / "boot/sharedroot.conf").read_text()).cmdline.split()
     assert "ro" in cmdline and "rw" not in cmdline
-    assert cmdline[-1] == "sharedroot.local=01B5:ext4"
+    assert cmdline[-2:] == ["sharedroot.local=01B5:ext4", "fsck.mode=skip"]
     # A rerun gives the same tree (mnt2rogld always starts from a fresh copy anyway).
     make_readonly(tree, PAPER_LAYOUT, lines.append)
     again = parse_boot_config((tree / "boot/sharedroot.conf").read_text()).cmdline.split()

@@ -30,7 +30,7 @@ from sharedroot.model.types import DiskKind
 from sharedroot.run import CommandError, run
 
 # Bump when the build code changes what the tree holds, so caches are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 COMPLETE_MARK = ".sharedroot-complete"
 

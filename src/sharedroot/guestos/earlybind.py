@@ -15,11 +15,13 @@ LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
 HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
 BOUND = ("etc", "root", "srv")  # bound from /local at boot (the paper's three)
 CMDLINE_KEY = "sharedroot.local"
-MARKER = "# sharedroot early bind v2"  # a script without it predates the command-line switch
+MARKER = "# sharedroot early bind v3"  # a script without it predates the command-line switch
 
 
-def cmdline_word(address: str, fs: str) -> str:
-    return f"{CMDLINE_KEY}={address}:{fs}"
+def cmdline_words(address: str, fs: str) -> list[str]:
+    """What a read-only root's kernel command line gets: the switch, and no fsck before
+    it (the script checks /local and /var itself)."""
+    return [f"{CMDLINE_KEY}={address}:{fs}", "fsck.mode=skip"]
 
 
 LOCAL_BOTTOM_SCRIPT = f"""#!/bin/sh
@@ -59,6 +61,17 @@ fi
 for d in {" ".join(BOUND)}; do
     [ -d "${{rootmnt}}/local/$d" ] && mount -o bind "${{rootmnt}}/local/$d" "${{rootmnt}}/$d"
 done
+# As boot.rootfsck did: check the other read-write filesystems (/var) here, while the
+# root stays read-only. The boot configuration passes fsck.mode=skip, since a check of
+# the read-only disks fails (they cannot be opened for writing) and costs a 5 s pause.
+if [ -x /sbin/e2fsck ] && [ -r "${{rootmnt}}/etc/fstab" ]; then
+    while read -r fdev fdir ftype fopts ffreq fpass rest; do
+        case "$fdev" in /dev/disk/by-id/virtio-*) ;; *) continue ;; esac
+        case "$ftype" in ext2|ext3|ext4) ;; *) continue ;; esac
+        [ "${{fpass:-0}}" != 0 ] && [ "$fdir" != /local ] || continue
+        /sbin/e2fsck -p "$fdev" >/dev/null 2>&1
+    done < "${{rootmnt}}/etc/fstab"
+fi
 exit 0
 """
 

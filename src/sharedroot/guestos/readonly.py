@@ -16,7 +16,7 @@ from pathlib import Path
 from sharedroot.errors import RefusedError
 from sharedroot.guestos import earlybind
 from sharedroot.guestos.debian import chroot_mounts
-from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_word
+from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, parse_boot_config, render_boot_config
 from sharedroot.model.layout import Layout
@@ -75,8 +75,8 @@ def make_readonly(root: Path, layout: Layout, log: Log) -> None:
     shutil.rmtree(root / PKGDB, ignore_errors=True)
     (root / PKGDB).parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", root / PKGDB_MOUNT, root / PKGDB])
-    word = cmdline_word(local.address, local.fs)
-    log(f"boot: {word}: bind {', '.join('/' + b for b in BOUND)} from /local before PID 1")
+    extra = cmdline_words(local.address, local.fs)
+    log(f"boot: {' '.join(extra)}: bind {', '.join('/' + b for b in BOUND)} from /local")
     if not earlybind.installed(root):  # a system installed before the switch existed
         earlybind.write_scripts(root)
         with chroot_mounts(root):
@@ -85,9 +85,10 @@ def make_readonly(root: Path, layout: Layout, log: Log) -> None:
                 run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
     conf_path = root / "boot" / BOOT_CONFIG_NAME
     conf = parse_boot_config(conf_path.read_text())
-    words = [w for w in conf.cmdline.split() if not w.startswith(f"{CMDLINE_KEY}=")]
-    words = [w for w in words if w != "rw"] + (["ro"] if "ro" not in words else [])
-    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, " ".join([*words, word])))
+    words = [w for w in conf.cmdline.split() if w not in extra and w != "rw"]
+    words = [w for w in words if not w.startswith(f"{CMDLINE_KEY}=")]
+    words += [] if "ro" in words else ["ro"]
+    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, " ".join([*words, *extra])))
     # Last, so /local gets the /etc changed above: at boot it is the clone's /etc.
     for name in BOUND:
         target = root / "local" / name
