@@ -24,24 +24,30 @@ def init_site(home: Path, config: SiteConfig, ui: UI) -> Site:
         hv = site.hv
         layout = config.layout.copied
         with site.state.transaction():
-            ui.step(f"define {g.admin} with disks 0191 and {ADMIN_OWN_ADDRESS} (parm files)")
+            op = site.state.journal_start("init", {"layout": "paper", "prefix": config.prefix})
+
+            def step(text: str) -> None:
+                ui.step(text)
+                site.state.journal_step(op, text)
+
+            step(f"define {g.admin} with disks 0191 and {ADMIN_OWN_ADDRESS} (parm files)")
             hv.define_guest(g.admin, Role.ADMIN)
             hv.add_disk(g.admin, "0191", DiskKind.FS, ADMIN_EXEC_DISK_SIZE, "ext2")
             hv.add_disk(g.admin, ADMIN_OWN_ADDRESS, DiskKind.FS, ADMIN_DISK_SIZE, "ext2")
-            ui.step(f"define {g.worker} (the machine that runs sharedroot)")
+            step(f"define {g.worker} (the machine that runs sharedroot)")
             hv.define_guest(g.worker, Role.WORKER)
             for name, role in (
                 (g.maintenance, Role.MAINTENANCE),
                 (g.test, Role.TEST),
                 (g.staging, Role.STAGING),
             ):
-                ui.step(f"define {name} ({role.value}) with {len(layout)} disks")
+                step(f"define {name} ({role.value}) with {len(layout)} disks")
                 hv.define_guest(name, role)
                 for d in layout:
                     hv.add_disk(name, d.address, d.kind, d.size, d.fs)
             for slot, holder in enumerate(g.gold, start=1):
                 sets = "11Bx and 21Bx" if slot == 1 else "21Bx"
-                ui.step(f"define {holder} (gold slot {slot}, disk sets {sets})")
+                step(f"define {holder} (gold slot {slot}, disk sets {sets})")
                 hv.define_guest(holder, Role.GOLD)
                 for d in layout:
                     if slot == 1:  # only the first gold keeps a read-write system (11Bx)
@@ -50,5 +56,6 @@ def init_site(home: Path, config: SiteConfig, ui: UI) -> Site:
                 site.state.set_slot(slot, holder)
             for name in (g.maintenance, g.test, g.staging, g.worker):
                 hv.link(name, ADMIN_LINK_ADDRESS, g.admin, ADMIN_OWN_ADDRESS, Mode.RR)
+            site.state.journal_end(op, "ok")
 
     return Site.create(home, config, populate)
