@@ -15,10 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sharedroot.cli.ui import TerminalUI
-from sharedroot.errors import InputError, RefusedError, SharedrootError
-from sharedroot.guestos import cloneprep as prep_ops
+from sharedroot.errors import InputError, SharedrootError
 from sharedroot.model.parm import Identity, check_hostname, check_ipv4, check_netmask
-from sharedroot.model.types import GuestState, Role, format_size, guest_name, parse_size
+from sharedroot.model.types import Role, format_size, guest_name, parse_size
 from sharedroot.store.config import make_config
 from sharedroot.store.settings import SETTINGS
 from sharedroot.workflows import (
@@ -247,13 +246,8 @@ def cmd_install(args: argparse.Namespace) -> Result:
 
 def cmd_cloneprep(args: argparse.Namespace) -> Result:
     if args.list:
-        ops = [
-            {"name": op.name, "default": op.default, "description": op.description}
-            for op in prep_ops.OPERATIONS
-        ]
-        return Result(
-            ops, lambda out: out.print(prep_ops.format_operations(), end="", markup=False)
-        )
+        text = cloneprep.listing()
+        return Result(cloneprep.operations(), lambda out: out.print(text, end="", markup=False))
     names = (
         [n.strip() for n in args.operations.split(",") if n.strip()] if args.operations else None
     )
@@ -303,9 +297,7 @@ def cmd_exec(args: argparse.Namespace) -> Result:
 def cmd_console(args: argparse.Namespace) -> Result:
     site = _site(args)
     guest = guest_name(args.guest)
-    log = site.hv.console_log(guest)
-    if not log.exists():
-        raise RefusedError(f"{guest} has no console log yet; it has never been started")
+    log = guest_ops.console_log(site, guest)
     text = log.read_bytes()
     tail = b"\n".join(text.splitlines()[-args.lines :]) + b"\n" if args.lines else text
 
@@ -330,7 +322,7 @@ def follow_console(site: Site, guest: str, log: Path, offset: int) -> None:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
                 continue
-            if site.hv.query(guest) is not GuestState.LOGGED_ON:
+            if not guest_ops.running(site, guest):
                 return
             time.sleep(0.2)
 

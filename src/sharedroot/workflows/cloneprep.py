@@ -11,6 +11,18 @@ from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
 
+def operations() -> list[dict[str, object]]:
+    """What `cloneprep --list` shows: each operation, whether it runs by default, what it does."""
+    return [
+        {"name": op.name, "default": op.default, "description": op.description}
+        for op in prep.OPERATIONS
+    ]
+
+
+def listing() -> str:
+    return prep.format_operations()
+
+
 def cloneprep(
     site: Site, ui: UI, opts: Options, operations: Sequence[str] | None = None
 ) -> Outcome:

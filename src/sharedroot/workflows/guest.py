@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from sharedroot.errors import OperationError, RefusedError
 from sharedroot.hypervisor.base import StartRequest
@@ -76,3 +77,15 @@ def execute(site: Site, guest: str, argv: list[str], timeout: float) -> tuple[in
     if site.hv.query(guest) is not GuestState.LOGGED_ON:
         raise RefusedError(f"{guest} is not logged on")
     return site.hv.execute(guest, argv, timeout)
+
+
+def console_log(site: Site, guest: str) -> Path:
+    guards.exists(site, guest)
+    log = site.hv.console_log(guest)
+    if not log.exists():
+        raise RefusedError(f"{guest} has no console log yet; it has never been started")
+    return log
+
+
+def running(site: Site, guest: str) -> bool:
+    return site.hv.query(guest) is GuestState.LOGGED_ON
