@@ -31,7 +31,7 @@ def sr(home: Path, *args: str, env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
     subprocess.run([SHAREDROOT, "--home", str(home), *args], check=True,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   env=env)  # fmt: skip
+                   stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     return time.perf_counter() - t
 
 

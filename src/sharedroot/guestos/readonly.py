@@ -90,11 +90,9 @@ def make_readonly(root: Path, layout: Layout, log: Log) -> None:
     words += [] if "ro" in words else ["ro"]
     _write(conf_path, render_boot_config(conf.kernel, conf.initrd, " ".join([*words, *extra])))
     # Last, so /local gets the /etc changed above: at boot it is the clone's /etc.
+    log(f"/local: copies of {', '.join('/' + b for b in BOUND)}")
     for name in BOUND:
-        target = root / "local" / name
-        log(f"/local/{name}: copy of /{name}")
-        shutil.rmtree(target, ignore_errors=True)
-        if (root / name).is_dir():
-            run(["cp", "-a", root / name, target])
-        else:
-            target.mkdir(mode=0o755)
+        shutil.rmtree(root / "local" / name, ignore_errors=True)
+        (root / name).mkdir(mode=0o755, exist_ok=True)
+    # One cp for all three: each process start costs about as much as the copy.
+    run(["cp", "-a", *(root / name for name in BOUND), root / "local"])
