@@ -33,7 +33,8 @@ def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     _require_role(site, guest, Role.RO_CLONE, "--ro", "clonero")
     layout = site.config.layout
     with site.locked():
-        recover(site, ui, guest)
+        if not opts.dry_run:
+            recover(site, ui, guest)  # a migrate killed half-way is finished first
         slot = site.state.current_slot()
         if slot is None:
             raise RefusedError("there is no current gold slot yet; run mnt2rogld and ro2gold")

@@ -36,7 +36,8 @@ def start(
     with site.locked():  # not while a copy is writing this guest's disks
         if site.hv.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is already logged on")
-        recover(site, ui, guest)  # a migrate killed half-way is finished first
+        if not opts.dry_run:
+            recover(site, ui, guest)  # a migrate killed half-way is finished first
         guards.devices_present(site, guest)
         step = Step(
             f"LOGON {guest} and IPL {request.boot_address}",

@@ -56,7 +56,8 @@ def migrate(
         for g in guests:
             if guards.exists(site, g) is not Role.RO_CLONE:
                 raise RefusedError(f"{g} is not a read-only clone; only those link a gold slot")
-            recover(site, ui, g)
+            if not opts.dry_run:
+                recover(site, ui, g)
         moves = {g: slot_of(site, g) for g in guests}
         unlinked = [g for g, s in moves.items() if s is None]
         if unlinked:
