@@ -9,7 +9,7 @@ from sharedroot.model.parm import identity_from_parm
 from sharedroot.model.types import GuestState
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Site
-from sharedroot.workflows.guest import start
+from sharedroot.workflows.guest import start, wait_ready
 
 WRITABLE = ("/etc", "/var", "/root", "/srv", "/tmp")  # the paper's five that must work
 READONLY = ("/", "/usr", "/opt")  # and the three that must fail
@@ -26,6 +26,8 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
     guards.exists(site, guest)
     if site.hv.query(guest) is not GuestState.LOGGED_ON:
         start(site, ui, opts, guest, wait=True, timeout=timeout)
+    else:  # it may have been started a moment ago and still be booting
+        wait_ready(site, ui, guest, timeout)
 
     def sh(script: str) -> tuple[int, str, str]:
         code, out, err = site.hv.execute(guest, ["sh", "-c", script], 120)
