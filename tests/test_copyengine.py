@@ -349,7 +349,7 @@ def test_missing_source(tmp_path: Path) -> None:
 
 
 def test_source_not_regular(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="not a regular file"):
+    with pytest.raises(OperationError, match="not a regular file"):
         copy_image(tmp_path, tmp_path / "dst.img")
 
 

@@ -21,3 +21,7 @@ class RefusedError(SharedrootError):
 
 class OperationError(SharedrootError):
     """The operation started and failed; the message says what is left (exit code 1)."""
+
+
+class StoreError(SharedrootError):
+    """The store's files are damaged or not what sharedroot wrote (exit code 1)."""

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from sharedroot.namespace import private_mounts
 from sharedroot.run import run
 
 
@@ -20,8 +21,11 @@ def mounted_tree(
     """Mount (mount point, device or image file, fs type) parents first; unmount after.
 
     Image files are loop-mounted by mount(8) itself.  Unmounting happens in reverse
-    order even when the body fails, so the worker never keeps a guest's disk mounted.
+    order even when the body fails, so the worker never keeps a guest's disk mounted;
+    all of it happens in this command's private mount namespace, so even a killed
+    command leaves nothing mounted.
     """
+    private_mounts()
     if at is not None:  # a stable place, for work that must find the same paths again
         at.mkdir(parents=True, exist_ok=True)
     root = at or Path(tempfile.mkdtemp(prefix="sharedroot-mnt-"))

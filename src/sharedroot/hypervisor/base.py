@@ -68,12 +68,18 @@ class Hypervisor(Protocol):
 
     def get_parm(self, guest: str) -> str | None: ...
 
+    def remove_parm(self, guest: str) -> None: ...
+
     def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
         """Which of a guest's devices (all, or those at `addresses`) have lost their disk."""
         ...
 
-    def worker_path(self, guest: str, address: str) -> Path:
-        """A guest's disk as the worker can mount it (LINK + enable on z/VM)."""
+    def worker_path(self, guest: str, address: str, *, write: bool = False) -> Path:
+        """A guest's disk as the worker can mount it (LINK + enable on z/VM).
+
+        With `write`, the guest must be logged off and nobody else may link the disk:
+        checked here, right before the worker writes it.
+        """
         ...
 
     def replace_disk(self, guest: str, address: str, image: Path) -> None:

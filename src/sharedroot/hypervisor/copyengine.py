@@ -252,7 +252,7 @@ def _open_source(src: Path) -> tuple[int, os.stat_result]:
     except OSError as exc:
         raise InputError(f"cannot stat source image {src}: {exc.strerror}") from exc
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"source image {src} is not a regular file")
+        raise OperationError(f"source image {src} is not a regular file")
     try:
         fd = os.open(src, os.O_RDONLY)
     except FileNotFoundError:
@@ -262,7 +262,7 @@ def _open_source(src: Path) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
         os.close(fd)
-        raise InputError(f"source image {src} is not a regular file")
+        raise OperationError(f"source image {src} is not a regular file")
     return fd, st
 
 
@@ -277,7 +277,7 @@ def _check_destination(dst: Path, src_st: os.stat_result) -> None:
     except OSError as exc:
         raise InputError(f"cannot stat destination {dst}: {exc.strerror}") from exc
     if not stat.S_ISREG(dst_st.st_mode):
-        raise InputError(f"destination {dst} exists and is not a regular file")
+        raise OperationError(f"destination {dst} exists and is not a regular file")
     if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
         raise InputError(f"source and destination are the same file: {dst}")
 

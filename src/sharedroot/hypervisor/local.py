@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError
@@ -48,12 +49,28 @@ def make_filesystem(
         if source is not None:
             argv += ["-d", source]
         run([*argv, image])
-    elif fs == "xfs":
-        if source is not None:
-            raise InputError("xfs disks cannot be filled from a directory; use ext2/3/4")
-        run(["mkfs.xfs", "-q", "-f", image])
     else:
         raise InputError(f"cannot make a filesystem of type {fs!r}")
+
+
+def check_image(path: Path, size: int, what: str) -> None:
+    """The image the store records: a regular file of the recorded size.
+
+    A truncated or replaced image is never copied onward as if it were good.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise OperationError(f"{what}: image {path} is missing") from None
+    except OSError as exc:
+        raise OperationError(f"{what}: image {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OperationError(f"{what}: image {path} is not a regular file; the store is damaged")
+    if st.st_size != size:
+        raise OperationError(
+            f"{what}: image {path} is {st.st_size} bytes, the store records {size}:"
+            " truncated or replaced; restore it, or rerun the operation that writes it"
+        )
 
 
 class LocalBackend:
@@ -219,7 +236,9 @@ class LocalBackend:
             copy_image(image, target)
             image.unlink()
 
-    def worker_path(self, guest: str, address: str) -> Path:
+    def worker_path(self, guest: str, address: str, *, write: bool = False) -> Path:
+        if write:  # checked again right before the worker mounts it read-write
+            return self.disk_file(self._require_writable(guest, address))
         return self.disk_file(self._require_disk(guest, address))
 
     # LOGON, IPL, LOGOFF ------------------------------------------------------
@@ -350,8 +369,11 @@ class LocalBackend:
             raise RefusedError(f"{guest} user ID must be logged off")
 
     def _require_writable(self, guest: str, address: str) -> DiskRow:
-        """A disk about to be overwritten: its guest logged off, nobody else linking it."""
-        disk = self._require_disk(guest, address)
+        """A disk about to be overwritten: its guest logged off, nobody else linking it.
+
+        Its old image need not be whole: a copy replaces it (and mends it).
+        """
+        disk = self._require_disk(guest, address, whole=False)
         self._require_logged_off(guest)
         users = self.state.links_to(guest, address)
         if users:
@@ -360,13 +382,14 @@ class LocalBackend:
             )
         return disk
 
-    def _require_disk(self, guest: str, address: str) -> DiskRow:
+    def _require_disk(self, guest: str, address: str, *, whole: bool = True) -> DiskRow:
+        """The disk's row; with `whole`, its image must be what the store records."""
         self._require_guest(guest)
         disk = self.state.disk(guest, address)
         if disk is None:
             raise RefusedError(f"{guest} has no disk at {address}")
-        if not self.disk_file(disk).is_file():
-            raise OperationError(f"{guest} {address}: image {self.disk_file(disk)} is missing")
+        if whole:
+            check_image(self.disk_file(disk), disk.size, f"{guest} {address}")
         return disk
 
     def _require_free_address(self, guest: str, address: str) -> None:

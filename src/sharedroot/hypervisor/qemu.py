@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sharedroot.errors import OperationError
+from sharedroot.namespace import host_namespace_fd
 from sharedroot.run import CommandError, run
 
 QEMU = "qemu-system-x86_64"
@@ -201,18 +202,24 @@ def launch(spec: GuestSpec, *, lock_fd: int | None = None, start_timeout: float 
     argv = qemu_argv(spec)
     (run_dir / "qemu.argv").write_text(json.dumps(argv) + "\n")
     err_path = run_dir / STDERR_FILE
+    fds = [] if lock_fd is None else [lock_fd]
+    prefix: list[str] = []
+    host_ns = host_namespace_fd()
+    if host_ns is not None:  # back to the host's mounts (see sharedroot.namespace)
+        prefix = ["nsenter", f"--mount=/proc/self/fd/{host_ns}", "--"]
+        fds.append(host_ns)
     with (
         open(run_dir / STDOUT_FILE, "wb") as out,
         open(err_path, "wb") as err,
     ):
         try:
             proc = subprocess.Popen(
-                argv,
+                prefix + argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # survives the CLI and its terminal's signals
-                pass_fds=() if lock_fd is None else (lock_fd,),
+                pass_fds=fds,
                 close_fds=True,
             )
         except OSError as exc:

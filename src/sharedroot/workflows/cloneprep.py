@@ -29,14 +29,14 @@ def cloneprep(
     guest = site.config.guests.maintenance
     selected = prep.select(operations)  # unknown names fail here, before anything
     filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
-    with site.locked():
+    with site.locked(ui):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in filesystems])
         guards.not_linked(site, guest, [d.address for d in filesystems])
 
         def clean() -> dict[str, object]:
             mounts = [
-                (str(d.mount), site.hv.worker_path(guest, d.address), str(d.fs))
+                (str(d.mount), site.hv.worker_path(guest, d.address, write=True), str(d.fs))
                 for d in filesystems
             ]
             with mounted_tree(mounts) as root:
@@ -52,4 +52,5 @@ def cloneprep(
             {"guest": guest, "operations": [op.name for op in selected]},
             [Step(f"mount {guest}'s disks on the worker and clean: {names}", clean)],
             f"Do you want to clean {guest} for cloning ({names})? y/n",
+            targets=[guest],
         )

@@ -25,20 +25,24 @@ def clonerw(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     if site.state.last_success("mnt2gold") is None:
         raise RefusedError("the gold has no read-write system yet; run mnt2gold first")
     pairs = [(gold_rw_address(d.address), d.address) for d in site.config.layout.copied]
-    return copy_guest(site, ui, opts, "clonerw", site.config.guests.gold[0], guest, pairs)
+    gold = site.config.guests.gold[0]
+    args: dict[str, object] = {"guest": guest, "source": gold, "target": guest}
+    return copy_guest(site, ui, opts, "clonerw", gold, guest, pairs, args)
 
 
 def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     """Copy the private disks from the current slot's templates; LINK the rest RR."""
     _require_role(site, guest, Role.RO_CLONE, "--ro", "clonero")
     layout = site.config.layout
-    with site.locked():
+    with site.locked(ui):
+        guards.defined(site, guest)
         if not opts.dry_run:
             recover(site, ui, guest)  # a migrate killed half-way is finished first
         slot = site.state.current_slot()
         if slot is None:
             raise RefusedError("there is no current gold slot yet; run mnt2rogld and ro2gold")
         holder = site.config.slot_holder(slot)
+        guards.gold_intact(site, slot)
         pairs = [(gold_ro_address(d.address), d.address) for d in layout.private]
         copy_guards(site, holder, guest, pairs)
         links = profile(site, slot)
@@ -62,4 +66,5 @@ def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
             {"guest": guest, "slot": slot},
             steps,
             f"Do you want to clone {holder} (gold slot {slot}) to {guest}? y/n",
+            targets=[guest],
         )

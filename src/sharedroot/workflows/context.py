@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from sharedroot.store.config import SITE_FILE, SiteConfig, load_config, write_co
 from sharedroot.store.state import STATE_FILE, State
 
 DEFAULT_HOME = Path("/var/lib/sharedroot")
-LOCK_WAIT = 60  # seconds a writer waits for another to finish before refusing
+LOCK_WAIT = 60  # seconds a writer waits for another to finish ($SHAREDROOT_LOCK_WAIT)
 
 
 class UI(Protocol):
@@ -75,11 +75,10 @@ class Site:
         self.hv: Hypervisor = hypervisor.new(config, home, state)
 
     @classmethod
-    def open(cls, home: Path) -> Site:
+    def open(cls, home: Path, *, readonly: bool = False) -> Site:
+        """An existing store; `readonly` for commands that only read (writes nothing)."""
         config = load_config(home / SITE_FILE)
-        if not (home / STATE_FILE).exists():
-            raise InputError(f"{home / STATE_FILE}: missing; the store is incomplete")
-        return cls(home, config, State(home / STATE_FILE))
+        return cls(home, config, State(home / STATE_FILE, readonly=readonly))
 
     @classmethod
     def create(cls, home: Path, config: SiteConfig, populate: Callable[[Site], None]) -> Site:
@@ -91,7 +90,7 @@ class Site:
             raise RefusedError(f"{home}: not empty; choose an empty or new directory")
         home.mkdir(parents=True, exist_ok=True)
         try:
-            site = cls(home, config, State(home / STATE_FILE))
+            site = cls(home, config, State(home / STATE_FILE, create=True))
             populate(site)
             write_config(home / SITE_FILE, config)  # last: a site exists only when complete
         except BaseException:
@@ -104,13 +103,18 @@ class Site:
         return site
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """One writing workflow at a time per site; a second one waits a while."""
+    def locked(self, ui: UI | None = None) -> Iterator[None]:
+        """One writing workflow at a time per site; a second one waits a while.
+
+        Whoever holds the lock is the only writer, so it is also the one to clear up
+        after writers that died: their journal entries and their temporary files.
+        """
         run_dir = self.home / "run"
         run_dir.mkdir(exist_ok=True)
         fd = os.open(run_dir / "site.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            deadline = time.monotonic() + LOCK_WAIT
+            wait = lock_wait()
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,12 +123,76 @@ class Site:
                     if time.monotonic() > deadline:
                         raise RefusedError(
                             f"another sharedroot operation has been running on {self.home}"
-                            f" for over {LOCK_WAIT}s; try again when it has ended"
+                            f" for over {wait:g}s; try again when it has ended"
                         ) from None
                     time.sleep(0.1)
+            self._clear_up(ui)
             yield
         finally:
             os.close(fd)
+
+    def _clear_up(self, ui: UI | None) -> None:
+        with self.state.transaction():
+            dead = self.state.settle_interrupted()
+        incomplete = self.state.incomplete()
+        for j in dead:
+            hint = [g for g, row in incomplete.items() if row.op == j.id]
+            if ui is not None:
+                ui.step(
+                    f"note: {j.operation} (journal #{j.id}) was {j.message}"
+                    + (f"; {', '.join(hint)} left incomplete until it is rerun" if hint else "")
+                )
+        moving = {k.removeprefix("migrating:") for k in self.state.facts("migrating:")}
+        for path in stale_files(self.home, moving):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def lock_wait() -> float:
+    """Seconds a writer waits for the site lock: $SHAREDROOT_LOCK_WAIT, else 60."""
+    raw = os.environ.get("SHAREDROOT_LOCK_WAIT")
+    if raw is None:
+        return LOCK_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise InputError(f"SHAREDROOT_LOCK_WAIT={raw!r}: must be seconds from 0 to 86400")
+    return value
+
+
+def _mounted_below(path: Path) -> bool:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return True  # cannot tell: keep it
+    where = str(path)
+    return any((p := line.split()[4]) == where or p.startswith(where + "/") for line in lines)
+
+
+def stale_files(home: Path, keep_work: set[str]) -> list[Path]:
+    """What dead writers left: half-made copies, unrenamed images, work trees.
+
+    A work tree that still holds an interrupted migrate's merge journal is kept
+    (the next command on that clone finishes the move); nothing with a mount under
+    it is ever removed.
+    """
+    found: list[Path] = []
+    disks = home / "disks"
+    if disks.is_dir():
+        for p in disks.rglob(".*"):
+            if ".copy-" in p.name or p.name.endswith((".new", ".tmp")):
+                found.append(p)
+    tmp = home / "tmp"
+    if tmp.is_dir():
+        found += list(tmp.iterdir())
+    work = home / "work"
+    if work.is_dir():
+        found += [p for p in work.iterdir() if p.name not in keep_work]
+    return [p for p in found if not _mounted_below(p)]
 
 
 def perform(
@@ -135,8 +203,16 @@ def perform(
     args: dict[str, Any],
     steps: list[Step],
     question: str | None = None,
+    *,
+    targets: Sequence[str] = (),
 ) -> Outcome:
-    """Run `steps` as one journaled operation (or only list them with --dry-run)."""
+    """Run `steps` as one journaled operation (or only list them with --dry-run).
+
+    `targets` are the guests whose disks the steps write as a set: they are marked
+    incomplete in the same transaction that starts the journal entry, and complete
+    again only in the one that ends it well, so a set that was half written when the
+    command died stays marked until the operation is rerun.
+    """
     outcome = Outcome(operation, opts.dry_run, [s.description for s in steps])
     if opts.dry_run:
         for s in steps:
@@ -144,7 +220,11 @@ def perform(
         return outcome
     if question is not None and not opts.yes and not ui.confirm(question):
         raise RefusedError(f"{operation}: not confirmed; nothing was changed")
-    op = site.state.journal_start(operation, args)
+    plan = [s.description for s in steps]
+    with site.state.transaction():
+        op = site.state.journal_start(operation, args, plan)
+        for guest in targets:
+            site.state.mark_incomplete(guest, operation, op)
     done = 0
     try:
         for s in steps:
@@ -155,13 +235,17 @@ def perform(
                 outcome.results.append(result)
             done += 1
     except BaseException as exc:
-        site.state.journal_step(op, steps[done].description, "failed")
         reason = str(exc) or type(exc).__name__
-        site.state.journal_end(op, "failed", reason)
+        with site.state.transaction():
+            site.state.journal_step(op, steps[done].description, "failed")
+            site.state.journal_end(op, "failed", reason)
         if isinstance(exc, SharedrootError):
             raise
         if isinstance(exc, Exception):
             raise OperationError(f"{operation} failed at step {done + 1}: {reason}") from exc
         raise
-    site.state.journal_end(op, "ok")
+    with site.state.transaction():
+        site.state.journal_end(op, "ok")
+        for guest in targets:
+            site.state.mark_complete(guest)
     return outcome

@@ -20,6 +20,7 @@ NEEDS: tuple[Need, ...] = (
     Need("debugfs", "e2fsprogs", "read the boot configuration from a guest's 01B0 disk"),
     Need("mkswap", "util-linux", "swap disks and VDISKs"),
     Need("mount", "mount", "mount a guest's disks on the worker (cloneprep, mnt2rogld)"),
+    Need("nsenter", "util-linux", "start guests outside the command's private mount namespace"),
     Need("qemu-system-x86_64", "qemu-system-x86", "start guests (IPL)"),
     Need("qemu-img", "qemu-utils", "overlay images and the benchmarks", False),
     Need("debootstrap", "debootstrap", "install Debian onto the maintenance guest"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sharedroot.errors import RefusedError
+from sharedroot.hypervisor.copyengine import content_hash
 from sharedroot.model.types import GuestState, Role
 from sharedroot.workflows.context import Site
 
@@ -55,3 +56,57 @@ def devices_present(site: Site, guest: str) -> None:
     lost = site.hv.missing_devices(guest)
     if lost:
         raise RefusedError(f"{guest}: disk images are missing: {', '.join(lost)}")
+
+
+def rerun_hint(site: Site, operation: str, op: int | None) -> str:
+    """The command that finishes an interrupted operation, from its journal entry."""
+    entry = site.state.journal_entry(op) if op is not None else None
+    args = entry.args if entry else {}
+    words = ["sharedroot", operation]
+    if "guest" in args:
+        words.append(str(args["guest"]))
+    if "slot" in args:
+        words += ["--slot", str(args["slot"])]
+    return " ".join(words)
+
+
+def complete(site: Site, guest: str, use: str) -> None:
+    """Refuse a guest whose disk set was being written when its operation stopped."""
+    row = site.state.incomplete().get(guest)
+    if row is None:
+        return
+    raise RefusedError(
+        f"{guest} is incomplete: {row.operation} (journal #{row.op}) stopped while writing"
+        f" its disks, which may be part old, part new; it cannot be used as {use} until"
+        f" `{rerun_hint(site, row.operation, row.op)}` is rerun"
+    )
+
+
+def defined(site: Site, guest: str) -> None:
+    """Refuse a guest whose definition was cut short (rerun define first)."""
+    row = site.state.incomplete().get(guest)
+    if row is not None and row.operation == "define":
+        raise RefusedError(
+            f"{guest} is incomplete: its define (journal #{row.op}) did not finish; rerun"
+            f" `sharedroot define {guest} ...` with the same options, or delete it"
+        )
+
+
+def gold_intact(site: Site, slot: int) -> None:
+    """A gold slot holds the whole set its generation recorded, unchanged."""
+    holder = site.config.slot_holder(slot)
+    complete(site, holder, f"gold slot {slot}")
+    row = next((s for s in site.state.slots() if s.slot == slot), None)
+    gen = site.state.generation(row.generation) if row and row.generation else None
+    if gen is None:
+        raise RefusedError(f"gold slot {slot} ({holder}) holds nothing yet; run ro2gold first")
+    for addr, want in sorted(gen.hashes.items()):
+        path = site.hv.worker_path(holder, addr)
+        st = path.stat()
+        if gen.stamps.get(addr) == [st.st_size, st.st_mtime_ns]:
+            continue
+        if content_hash(path) != want:
+            raise RefusedError(
+                f"gold slot {slot}: {holder} {addr} is not the disk generation {gen.id}"
+                f" recorded (its content differs); rerun `sharedroot ro2gold --slot {slot}`"
+            )

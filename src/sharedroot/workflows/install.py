@@ -36,7 +36,7 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
     recipe = debian.Recipe(layout=layout, hostname=guest.lower())
     disks = layout.copied
     work = site.home / "tmp" / f"install-{guest}"
-    with site.locked():
+    with site.locked(ui):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in disks])
         guards.not_linked(site, guest, [d.address for d in disks])
@@ -70,6 +70,7 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
                 {"guest": guest, "distro": distro},
                 steps,
                 f"Do you want to install {distro} onto {guest}, overwriting its disks? y/n",
+                targets=[guest],
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -52,7 +52,8 @@ def migrate(
         raise RefusedError(
             f"gold slot {slot} ({holder}) holds nothing yet; run ro2gold --slot {slot}"
         )
-    with site.locked():
+    with site.locked(ui):
+        guards.gold_intact(site, slot)
         for g in guests:
             if guards.exists(site, g) is not Role.RO_CLONE:
                 raise RefusedError(f"{g} is not a read-only clone; only those link a gold slot")
@@ -94,7 +95,26 @@ def migrate(
             up = [g for g in wave if g in running]
             if up:
                 ui.step(f"wave {n}: stopping {', '.join(up)}")
-                _parallel(up, parallel, lambda g: site.hv.stop(g, 120))
+                stopped = _parallel(up, parallel, lambda g: site.hv.stop(g, 120))
+                still = [
+                    (g, r)
+                    for g, r in stopped
+                    if isinstance(r, Exception) or site.hv.query(g) is GuestState.LOGGED_ON
+                ]
+                if still:  # never merge into the disk of a guest that may still run
+                    bad = {g for g, _ in still}
+                    for g in up:  # back up, unchanged, on the slot they were on
+                        if g not in bad:
+                            site.hv.start(g, start_request(site))
+                    left = [g for w in waves[n - 1 :] for g in w]
+                    raise OperationError(
+                        "migrate stopped: "
+                        + "; ".join(
+                            f"{g} did not log off" + (f" ({r})" if isinstance(r, Exception) else "")
+                            for g, r in still
+                        )
+                        + f". Not moved: {', '.join(left)}"
+                    )
             for g in wave:
                 steps = move_steps(site, ui, g, int(moves[g] or 0), slot)
                 done = perform(site, ui, opts, "migrate", {"guest": g, "slot": slot}, steps)

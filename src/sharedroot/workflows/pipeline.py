@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from sharedroot.errors import RefusedError
 from sharedroot.guestos.mount import mounted_tree
-from sharedroot.guestos.readonly import make_readonly
+from sharedroot.guestos.readonly import check_supported, make_readonly
 from sharedroot.hypervisor.copyengine import content_hash
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
 from sharedroot.model.types import DiskKind
@@ -19,12 +20,20 @@ Pairs = Sequence[tuple[str, str]]
 
 
 def copy_guards(site: Site, source: str, target: str, pairs: Pairs) -> None:
-    """The paper's checks before a copy: both logged off, nobody else on the target disks."""
+    """The paper's checks before a copy: both logged off, nobody else on the target disks.
+
+    Also: the source is a whole set (not left half written by an interrupted command),
+    and its images are what the store records.
+    """
     guards.logged_off(site, source)
     guards.logged_off(site, target)
+    guards.complete(site, source, "a source")
+    guards.defined(site, target)
     guards.has_disks(site, source, [s for s, _ in pairs])
     guards.has_disks(site, target, [t for _, t in pairs])
     guards.not_linked(site, target, [t for _, t in pairs])
+    for s, _ in pairs:
+        site.hv.worker_path(source, s)  # whole: a regular file of the recorded size
 
 
 def copy_steps(
@@ -49,19 +58,27 @@ def copy_steps(
 
 
 def copy_guest(
-    site: Site, ui: UI, opts: Options, operation: str, source: str, target: str, pairs: Pairs
+    site: Site,
+    ui: UI,
+    opts: Options,
+    operation: str,
+    source: str,
+    target: str,
+    pairs: Pairs,
+    args: dict[str, object] | None = None,
 ) -> Outcome:
     """Copy source's disks onto target's, address pair by pair, after the paper's checks."""
-    with site.locked():
+    with site.locked(ui):
         copy_guards(site, source, target, pairs)
         return perform(
             site,
             ui,
             opts,
             operation,
-            {"source": source, "target": target},
+            args or {"source": source, "target": target},
             copy_steps(site, ui, opts, source, target, pairs),
             f"Do you want to copy R/W disks from {source} to {target}? y/n",
+            targets=[target],
         )
 
 
@@ -96,15 +113,21 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
     source, target = g.maintenance, g.staging
     pairs = same_addresses(site)
     filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
-    with site.locked():
+
+    def mounts(guest: str, write: bool) -> list[tuple[str, Path, str]]:
+        return [
+            (str(d.mount), site.hv.worker_path(guest, d.address, write=write), str(d.fs))
+            for d in filesystems
+        ]
+
+    with site.locked(ui):
         copy_guards(site, source, target, pairs)
+        # Before the staging disks are overwritten: can this system be made read-only?
+        with mounted_tree(mounts(source, False), readonly=True) as root:
+            check_supported(root)
 
         def convert() -> None:
-            mounts = [
-                (str(d.mount), site.hv.worker_path(target, d.address), str(d.fs))
-                for d in filesystems
-            ]
-            with mounted_tree(mounts) as root:
+            with mounted_tree(mounts(target, True)) as root:
                 make_readonly(root, site.config.layout, ui.step)
 
         steps = copy_steps(site, ui, opts, source, target, pairs)
@@ -117,6 +140,7 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
             {"source": source, "target": target},
             steps,
             f"Do you want to copy {source} to {target} and make it read-only? y/n",
+            targets=[target],
         )
 
 
@@ -140,9 +164,10 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
     """S10ROGLD 01Bx -> slot N's 21Bx (RO2GOLD, RO2GOLD2); slot N becomes current."""
     staging = site.config.guests.staging
     layout = site.config.layout
-    with site.locked():
+    with site.locked(ui):
         if site.state.last_success("mnt2rogld") is None:
             raise RefusedError(f"{staging} holds no read-only system yet; run mnt2rogld first")
+        guards.complete(site, staging, "the source of a gold slot")
         chosen = free_slot(site) if slot is None else slot
         holder = site.config.slot_holder(chosen)
         linkers = sorted({lk.guest for lk in site.hv.links_to(holder) if lk.guest != holder})
@@ -166,9 +191,11 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
         copy_guards(site, staging, holder, pairs)
 
         def promote() -> dict[str, object]:
-            hashes = {t: content_hash(site.hv.worker_path(holder, t)) for _, t in pairs}
+            paths = {t: site.hv.worker_path(holder, t) for _, t in pairs}
+            hashes = {t: content_hash(path) for t, path in paths.items()}
+            stamps = {t: [(st := path.stat()).st_size, st.st_mtime_ns] for t, path in paths.items()}
             with site.state.transaction():
-                generation = site.state.add_generation(chosen, staging, hashes)
+                generation = site.state.add_generation(chosen, staging, hashes, stamps)
                 site.state.set_current_slot(chosen)
             return {"slot": chosen, "holder": holder, "generation": generation}
 
@@ -182,4 +209,5 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
             {"slot": chosen, "holder": holder},
             steps,
             f"Do you want to copy {staging} to {holder} (gold slot {chosen})? y/n",
+            targets=[holder],
         )

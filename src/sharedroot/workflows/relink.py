@@ -54,18 +54,25 @@ def _local_template(site: Site, slot: int) -> Path:
 def _etc_trees(
     site: Site, guest: str, base: int, theirs: int, *, look_only: bool = False
 ) -> Iterator[tuple[Path, ...]]:
-    """base, theirs (read-only) and ours (read-write unless look_only) /etc trees."""
+    """base, theirs (read-only) and ours (read-write unless look_only) /etc trees.
+
+    A look mounts everything read-only in places of its own, so it neither writes the
+    clone's disk nor touches the work directory an interrupted merge keeps its journal in.
+    """
     local = next(d for d in site.config.layout.private if d.mount == "/local")
     fs = str(local.fs)
-    work = work_dir(site, guest)
+    work = None if look_only else work_dir(site, guest)
+    ours = site.hv.worker_path(guest, local.address, write=not look_only)
+
+    def at(name: str) -> Path | None:
+        return None if work is None else work / name
+
     with (
+        mounted_tree([("/", _local_template(site, base), fs)], readonly=True, at=at("base")) as b,
         mounted_tree(
-            [("/", _local_template(site, base), fs)], readonly=True, at=work / "base"
-        ) as b,
-        mounted_tree(
-            [("/", _local_template(site, theirs), fs)], readonly=True, at=work / "theirs"
+            [("/", _local_template(site, theirs), fs)], readonly=True, at=at("theirs")
         ) as t,
-        mounted_tree([("/", site.hv.worker_path(guest, local.address), fs)], at=work / "ours") as o,
+        mounted_tree([("/", ours, fs)], readonly=look_only, at=at("ours")) as o,
     ):
         yield b / "etc", t / "etc", o / "etc"
 
@@ -122,11 +129,8 @@ def recover(site: Site, ui: UI, guest: str) -> None:
 
 def preview(site: Site, guest: str, base: int, target: int) -> etcmerge.Plan:
     """The /etc merge a move would do, read from the disks without changing them."""
-    try:
-        with _etc_trees(site, guest, base, target, look_only=True) as (b, t, o):
-            return etcmerge.plan_merge(b, t, o)
-    finally:
-        shutil.rmtree(work_dir(site, guest), ignore_errors=True)
+    with _etc_trees(site, guest, base, target, look_only=True) as (b, t, o):
+        return etcmerge.plan_merge(b, t, o)
 
 
 def move_steps(site: Site, ui: UI, guest: str, base: int, target: int) -> list[Step]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from sharedroot.model.types import GuestState
 from sharedroot.workflows.context import Site
+from sharedroot.workflows.guards import rerun_hint
 
 
 def guests(site: Site) -> list[dict[str, Any]]:
@@ -24,9 +25,11 @@ def guests(site: Site) -> list[dict[str, Any]]:
                 "mode": lk.mode.value,
             }
         )
+    incomplete = site.state.incomplete()
     out = []
     for g in site.state.guests():
         state = site.hv.query(g.name)
+        half = incomplete.get(g.name)
         out.append(
             {
                 "name": g.name,
@@ -34,6 +37,14 @@ def guests(site: Site) -> list[dict[str, Any]]:
                 "state": state.value,
                 "disks": disks.get(g.name, []),
                 "links": links.get(g.name, []),
+                "incomplete": None
+                if half is None
+                else {
+                    "operation": half.operation,
+                    "journal": half.op,
+                    "since": half.since,
+                    "rerun": rerun_hint(site, half.operation, half.op),
+                },
             }
         )
     return out
@@ -53,9 +64,11 @@ def linked(site: Site) -> dict[str, Any]:
             "generation": None,
             "built_from": None,
             "built": None,
+            "incomplete": cfg.guests.staging in site.state.incomplete(),
             "clones": _linkers(site, cfg.guests.staging),
         }
     ]
+    incomplete = site.state.incomplete()
     for n, holder in enumerate(cfg.guests.gold, start=1):
         row = slots.get(n)
         gen = site.state.generation(row.generation) if row and row.generation else None
@@ -66,8 +79,9 @@ def linked(site: Site) -> dict[str, Any]:
                 "slot": n,
                 "current": n == current,
                 "generation": row.generation if row else None,
-                "built_from": gen[1] if gen else None,
-                "built": gen[2] if gen else None,
+                "built_from": gen.source if gen else None,
+                "built": gen.created if gen else None,
+                "incomplete": holder in incomplete,
                 "clones": _linkers(site, holder),
             }
         )
@@ -84,6 +98,8 @@ def linked_lines(facts: dict[str, Any]) -> list[str]:
     lines = []
     for h in facts["holders"]:
         label = f"[[{h['label']}]]" if h["current"] else h["label"]
+        if h["incomplete"]:
+            label += " (INCOMPLETE)"
         names = " ".join(c["name"] for c in h["clones"])
         lines.append(f"{h['holder']} LINKS: {label}" + (f" {names}" if names else ""))
     return lines

@@ -24,7 +24,8 @@ def init_site(home: Path, config: SiteConfig, ui: UI) -> Site:
         hv = site.hv
         layout = config.layout.copied
         with site.state.transaction():
-            op = site.state.journal_start("init", {"layout": "paper", "prefix": config.prefix})
+            args = {"layout": "paper", "prefix": config.prefix}
+            op = site.state.journal_start("init", args, [])
 
             def step(text: str) -> None:
                 ui.step(text)
