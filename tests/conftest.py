@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -166,6 +167,42 @@ class BootSite:
         if check and proc.returncode != 0:
             raise AssertionError(f"sharedroot {' '.join(args)}: {proc.returncode}\n{proc.stderr}")
         return proc
+
+    def killed(self, steps: int, *args: str) -> str:
+        """Run a command and SIGKILL it once its journal entry has `steps` steps done.
+
+        Returns the entry's status as the next command sees it ("interrupted" when the
+        kill came mid-way; "ok" if the command was quicker than the poll).
+        """
+        db = self.home / "state.db"
+
+        def newest() -> tuple[int, int]:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                row = con.execute("SELECT max(id) FROM journal").fetchone()
+                op = int(row[0] or 0)
+                done = con.execute(
+                    "SELECT count(*) FROM journal_steps WHERE op = ? AND status = 'done'", (op,)
+                ).fetchone()
+                return op, int(done[0])
+
+        before, _ = newest()
+        proc = subprocess.Popen(
+            [SHAREDROOT, "--home", str(self.home), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while proc.poll() is None:
+                op, done = newest()
+                if op > before and done >= steps:
+                    break
+                time.sleep(0.002)
+        finally:
+            proc.kill()
+            proc.wait()
+        rows = json.loads(self.run("journal", "--json", "--limit", "1").stdout)
+        return str(rows[0]["status"])
 
     def sh(self, guest: str, script: str) -> str:
         return self.run("exec", guest, "--", "sh", "-c", script).stdout

@@ -27,6 +27,13 @@ def gold_hashes(site: BootSite) -> dict[str, str]:
     return {k: v for k, v in tree_hashes(disks).items() if k.startswith("S10GOLD/21")}
 
 
+def incomplete(site: BootSite, guest: str) -> str | None:
+    """The operation that left a guest's disk set half written, or None."""
+    rows = json.loads(site.run("guests", "--json").stdout)
+    row = next(g for g in rows if g["name"] == guest)["incomplete"]
+    return None if row is None else str(row["operation"])
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
     s = BootSite.installed(tmp_path_factory, "ro")
@@ -36,12 +43,30 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
     early = s.run("clonero", "LNX227", "--yes", check=False)
     assert early.returncode == 1 and "no current gold slot" in early.stderr
     s.run("mnt2rogld", "--yes")
+    # A second mnt2rogld killed mid-way leaves the staging set incomplete: not promoted.
+    assert s.killed(2, "mnt2rogld", "--yes") == "interrupted"
+    assert incomplete(s, "S10ROGLD") == "mnt2rogld"
+    refused = s.run("ro2gold", "--yes", check=False)
+    assert refused.returncode == 1 and "incomplete" in refused.stderr, refused.stderr
+    s.run("mnt2rogld", "--yes")
     s.run("ro2gold", "--yes")
+    # LNX242's define and LNX243's clonero are killed half-way, then run again: these
+    # recovered clones boot and pass verify like the others.
     for name, ip in CLONES.items():
+        define = ["define", name, "--ro", "--hostname", name.lower(), "--ip", ip,
+                  "--gateway", "10.0.2.2"]  # fmt: skip
+        if name == "LNX242":
+            assert s.killed(1, *define) == "interrupted"
+            assert incomplete(s, name) == "define"
         if name != "LNX227":
-            s.run("define", name, "--ro", "--hostname", name.lower(), "--ip", ip,
-                  "--gateway", "10.0.2.2")  # fmt: skip
+            s.run(*define)
+        if name == "LNX243":
+            assert s.killed(1, "clonero", name, "--yes") == "interrupted"
+            assert incomplete(s, name) == "clonero"
+            early_start = s.run("start", name, check=False)
+            assert early_start.returncode == 1 and "incomplete" in early_start.stderr
         s.run("clonero", name, "--yes")
+        assert incomplete(s, name) is None
     yield s
     for g in CLONES:
         s.run("stop", g, "--timeout", "30", check=False)

@@ -34,6 +34,8 @@ def mounted_tree(
         for mount, device, fs in sorted(filesystems, key=lambda f: len(Path(f[0]).parts)):
             target = root / mount.lstrip("/")
             if not target.is_dir():
+                if readonly and done:  # a look cannot make a mount point; nothing is there
+                    continue
                 target.mkdir(parents=True)
             # noload: a read-only look must not even replay an ext3/4 journal.
             opts = ("ro,noload" if fs in ("ext3", "ext4") else "ro") if readonly else "rw"

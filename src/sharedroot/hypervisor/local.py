@@ -342,10 +342,10 @@ class LocalBackend:
         self._rebuild_admin_disk()
 
     def get_parm(self, guest: str) -> str | None:
-        try:
-            return (self._admin_files() / f"{guest}.PARM-S10").read_text()
-        except FileNotFoundError:
+        path = self._admin_files() / f"{guest}.PARM-S10"
+        if not path.is_file():  # nothing, or something sharedroot did not write
             return None
+        return path.read_text(errors="replace")
 
     def _rebuild_admin_disk(self) -> None:
         # Running guests hold the admin disk RR: build a new image and rename it into

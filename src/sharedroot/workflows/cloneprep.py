@@ -29,7 +29,7 @@ def cloneprep(
     guest = site.config.guests.maintenance
     selected = prep.select(operations)  # unknown names fail here, before anything
     filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in filesystems])
         guards.not_linked(site, guest, [d.address for d in filesystems])

@@ -34,7 +34,7 @@ def clonero(site: Site, ui: UI, opts: Options, guest: str) -> Outcome:
     """Copy the private disks from the current slot's templates; LINK the rest RR."""
     _require_role(site, guest, Role.RO_CLONE, "--ro", "clonero")
     layout = site.config.layout
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         guards.defined(site, guest)
         if not opts.dry_run:
             recover(site, ui, guest)  # a migrate killed half-way is finished first

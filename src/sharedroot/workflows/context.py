@@ -103,11 +103,12 @@ class Site:
         return site
 
     @contextmanager
-    def locked(self, ui: UI | None = None) -> Iterator[None]:
+    def locked(self, ui: UI | None = None, *, writes: bool = True) -> Iterator[None]:
         """One writing workflow at a time per site; a second one waits a while.
 
         Whoever holds the lock is the only writer, so it is also the one to clear up
-        after writers that died: their journal entries and their temporary files.
+        after writers that died: their journal entries and their temporary files
+        (not when it will write nothing: a dry run).
         """
         run_dir = self.home / "run"
         run_dir.mkdir(exist_ok=True)
@@ -126,7 +127,8 @@ class Site:
                             f" for over {wait:g}s; try again when it has ended"
                         ) from None
                     time.sleep(0.1)
-            self._clear_up(ui)
+            if writes:
+                self._clear_up(ui)
             yield
         finally:
             os.close(fd)

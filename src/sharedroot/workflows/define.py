@@ -39,7 +39,7 @@ def define(
     disks = layout.copied if role is Role.RW_CLONE else layout.private
     admin = site.config.guests.admin
     text = format_parm(identity) if identity is not None else None  # validated before writing
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         if guest in site.config.guests.all():
             raise RefusedError(f"{guest} is one of the pipeline's own guests")
         half = site.state.incomplete().get(guest)

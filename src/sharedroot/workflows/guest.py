@@ -33,7 +33,7 @@ def start(
     if role in NEVER_LOGGED_ON:
         raise RefusedError(f"{guest} cannot be started: {NEVER_LOGGED_ON[role]}")
     request = start_request(site)
-    with site.locked(ui):  # not while a copy is writing this guest's disks
+    with site.locked(ui, writes=not opts.dry_run):  # not while a copy is writing this guest's disks
         if site.hv.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is already logged on")
         guards.complete(site, guest, "a guest to start")

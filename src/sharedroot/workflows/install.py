@@ -36,7 +36,7 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
     recipe = debian.Recipe(layout=layout, hostname=guest.lower())
     disks = layout.copied
     work = site.home / "tmp" / f"install-{guest}"
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in disks])
         guards.not_linked(site, guest, [d.address for d in disks])

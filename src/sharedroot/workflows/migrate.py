@@ -52,7 +52,7 @@ def migrate(
         raise RefusedError(
             f"gold slot {slot} ({holder}) holds nothing yet; run ro2gold --slot {slot}"
         )
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         guards.gold_intact(site, slot)
         for g in guests:
             if guards.exists(site, g) is not Role.RO_CLONE:

@@ -68,7 +68,7 @@ def copy_guest(
     args: dict[str, object] | None = None,
 ) -> Outcome:
     """Copy source's disks onto target's, address pair by pair, after the paper's checks."""
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         copy_guards(site, source, target, pairs)
         return perform(
             site,
@@ -120,7 +120,7 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
             for d in filesystems
         ]
 
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         copy_guards(site, source, target, pairs)
         # Before the staging disks are overwritten: can this system be made read-only?
         with mounted_tree(mounts(source, False), readonly=True) as root:
@@ -164,7 +164,7 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
     """S10ROGLD 01Bx -> slot N's 21Bx (RO2GOLD, RO2GOLD2); slot N becomes current."""
     staging = site.config.guests.staging
     layout = site.config.layout
-    with site.locked(ui):
+    with site.locked(ui, writes=not opts.dry_run):
         if site.state.last_success("mnt2rogld") is None:
             raise RefusedError(f"{staging} holds no read-only system yet; run mnt2rogld first")
         guards.complete(site, staging, "the source of a gold slot")
