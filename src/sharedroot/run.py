@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sharedroot.errors import OperationError
+
+# File descriptors every program we run inherits: the site lock, so that a command
+# killed while a child (cp, mount, mke2fs) still writes holds the lock until that
+# child has ended too, and no other command can start on the same disks meanwhile.
+_inherited: list[int] = []
+
+
+@contextlib.contextmanager
+def children_inherit(fd: int) -> Iterator[None]:
+    _inherited.append(fd)
+    try:
+        yield
+    finally:
+        _inherited.remove(fd)
 
 
 class CommandError(OperationError):
@@ -50,6 +65,7 @@ def run(
             cwd=cwd,
             timeout=timeout,
             check=False,
+            pass_fds=tuple(_inherited),
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]}: not found ({exc.strerror})") from None

@@ -21,6 +21,7 @@ from sharedroot import hypervisor
 from sharedroot.errors import InputError, OperationError, RefusedError, SharedrootError
 from sharedroot.hypervisor.base import Hypervisor
 from sharedroot.hypervisor.copyengine import Progress
+from sharedroot.run import children_inherit
 from sharedroot.store.config import SITE_FILE, SiteConfig, load_config, write_config
 from sharedroot.store.state import STATE_FILE, State
 
@@ -129,7 +130,8 @@ class Site:
                     time.sleep(0.1)
             if writes:
                 self._clear_up(ui)
-            yield
+            with children_inherit(fd):
+                yield
         finally:
             os.close(fd)
 
