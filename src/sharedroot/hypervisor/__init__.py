@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from sharedroot.errors import InputError
 from sharedroot.hypervisor.base import Hypervisor
 from sharedroot.hypervisor.local import LocalBackend
-from sharedroot.store.config import SiteConfig
+from sharedroot.store.config import SITE_FILE, SiteConfig
 from sharedroot.store.state import State
+
+AVAILABLE = ("local",)  # backends this build can run; site.toml may name more
+_TITLES = {"zvm": "z/VM", "libvirt": "libvirt"}
+
+
+def title(backend: str) -> str:
+    """How messages name a backend (z/VM, not zvm)."""
+    return _TITLES.get(backend, repr(backend))
 
 
 def cache_dir() -> Path:
@@ -21,4 +30,9 @@ def new(config: SiteConfig, home: Path, state: State) -> Hypervisor:
     """The backend the site config names."""
     if config.backend == "local":
         return LocalBackend(home, state, config.guests.admin, cache_dir())
-    raise InputError(f'backend {config.backend!r} is not available yet; use backend = "local"')
+    # Name the file and key to edit: the setting is valid, this build just lacks the backend.
+    name = json.dumps(config.backend)  # as TOML writes it
+    raise InputError(
+        f"{home / SITE_FILE}: [site] backend = {name}: the {title(config.backend)} backend"
+        ' is not available yet; use backend = "local"'
+    )

@@ -1,0 +1,344 @@
+"""One handler per subcommand: call the workflow, hand back its data and its rendering.
+
+Arguments arrive checked by the parser (guest names upper-cased, numbers in range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sharedroot import hypervisor
+from sharedroot.cli.render import Result, outcome, table
+from sharedroot.cli.ui import TerminalUI
+from sharedroot.errors import InputError
+from sharedroot.model.parm import Identity, check_hostname, check_ipv4
+from sharedroot.model.types import Role, parse_size
+from sharedroot.store.config import make_config
+from sharedroot.store.settings import SETTINGS
+from sharedroot.workflows import (
+    cloneprep,
+    clones,
+    define,
+    doctor,
+    install,
+    migrate,
+    pipeline,
+    report,
+    verify,
+)
+from sharedroot.workflows import guest as guest_ops
+from sharedroot.workflows.context import Options, Outcome, Site, resolve_home
+from sharedroot.workflows.site import init_site
+
+Handler = Callable[[argparse.Namespace], Result]
+
+
+def _ui(args: argparse.Namespace) -> TerminalUI:
+    return TerminalUI(quiet=args.json)
+
+
+def _opts(args: argparse.Namespace) -> Options:
+    return Options(
+        dry_run=getattr(args, "dry_run", False),
+        yes=getattr(args, "yes", False),
+        verify=getattr(args, "verify", False),
+    )
+
+
+def _site(args: argparse.Namespace, readonly: bool = False) -> Site:
+    """The store; commands that only read open it read-only, so they work on a store
+    the user cannot write (and can never change it by accident)."""
+    home = resolve_home(args.home)
+    if readonly:
+        return Site.open(home, readonly=True)
+    return Site.open(home)
+
+
+def cmd_init(args: argparse.Namespace) -> Result:
+    values = {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
+    sizes: dict[str, int] = {}
+    for item in args.size or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--size {item!r}: expected MOUNT=SIZE, e.g. /usr=2G")
+        sizes[key] = parse_size(value, f"--size {key}")
+    config = make_config(values, sizes)
+    if config.backend not in hypervisor.AVAILABLE:  # say so before anything is made
+        raise InputError(
+            f"--backend {config.backend}: the {hypervisor.title(config.backend)} backend is"
+            " not available yet; use --backend local"
+        )
+    home = resolve_home(args.home)
+    site = init_site(home, config, _ui(args))
+    data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}
+
+    def render(out: Console) -> None:
+        out.print(f"site created in {home} with {len(data['guests'])} guests")
+
+    return Result(data, render)
+
+
+def cmd_doctor(args: argparse.Namespace) -> Result:
+    rows = doctor.doctor()
+    missing = [r for r in rows if r["required"] and not r["found"]]
+
+    def render(out: Console) -> None:
+        doctor_table = Table("program", "found", "package", "needed for")
+        for r in rows:
+            mark = "yes" if r["found"] else ("[red]MISSING[/]" if r["required"] else "no")
+            doctor_table.add_row(str(r["program"]), mark, str(r["package"]), str(r["purpose"]))
+        out.print(doctor_table)
+        pkgs = sorted({str(r["package"]) for r in rows if not r["found"]})
+        if pkgs:
+            out.print(f"install with: apt-get install {' '.join(pkgs)}")
+        else:
+            out.print("everything sharedroot uses is here")
+
+    return Result({"programs": rows, "ok": not missing}, render, 1 if missing else 0)
+
+
+def cmd_guests(args: argparse.Namespace) -> Result:
+    rows = report.guests(_site(args, readonly=True))
+
+    def cells(g: dict[str, Any]) -> list[str]:
+        state = "logged on" if g["state"] == "logged_on" else "logged off"
+        disks = " ".join(d["address"] for d in g["disks"])
+        links = " ".join(
+            f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
+            for lk in g["links"]
+        )
+        return [g["name"], g["role"], state, disks, links]
+
+    def render(out: Console) -> None:
+        table(out, ["guest", "role", "state", "disks", "links"], [cells(g) for g in rows])
+
+    return Result(rows, render)
+
+
+def cmd_linked(args: argparse.Namespace) -> Result:
+    facts = report.linked(_site(args, readonly=True))
+
+    def render(out: Console) -> None:
+        for line in report.linked_lines(facts):
+            out.print(line, markup=False)
+        rows = [
+            [
+                str(h["slot"]) + (" (current)" if h["current"] else ""),
+                str(h["generation"] or "-"),
+                h["built_from"] or "-",
+                h["built"] or "-",
+                " ".join(c["name"] for c in h["clones"]) or "-",
+                " ".join(c["name"] for c in h["clones"] if c["running"]) or "-",
+            ]
+            for h in facts["holders"]
+            if h["slot"] is not None
+        ]
+        out.print()
+        table(out, ["slot", "generation", "built from", "when", "clones", "running"], rows)
+
+    return Result(facts, render)
+
+
+def cmd_define(args: argparse.Namespace) -> Result:
+    role = Role.RW_CLONE if args.rw else Role.RO_CLONE
+    identity = None
+    given = [args.hostname, args.ip]
+    if any(given) and not all(given):
+        raise InputError("--hostname and --ip go together")
+    if args.hostname and args.ip:
+        identity = Identity(
+            hostname=check_hostname(args.hostname),
+            ip=check_ipv4(args.ip, "--ip"),
+            prefix=24 if args.netmask is None else args.netmask,
+            gateway=check_ipv4(args.gateway, "--gateway") if args.gateway else None,
+            nameserver=check_ipv4(args.nameserver, "--nameserver") if args.nameserver else None,
+        )
+    elif args.netmask not in (None, 24) or args.gateway or args.nameserver:
+        raise InputError("--netmask, --gateway and --nameserver need --hostname and --ip")
+    site = _site(args)
+    return outcome(define.define(site, _ui(args), _opts(args), args.guest, role, identity))
+
+
+def copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Handler:
+    def handler(args: argparse.Namespace) -> Result:
+        return outcome(fn(_site(args), _ui(args), _opts(args)))
+
+    return handler
+
+
+def cmd_clonerw(args: argparse.Namespace) -> Result:
+    return outcome(clones.clonerw(_site(args), _ui(args), _opts(args), args.guest))
+
+
+def cmd_install(args: argparse.Namespace) -> Result:
+    return outcome(install.install(_site(args), _ui(args), _opts(args), args.distro))
+
+
+def cmd_cloneprep(args: argparse.Namespace) -> Result:
+    if args.list:
+        text = cloneprep.listing()
+        return Result(cloneprep.operations(), lambda out: out.print(text, end="", markup=False))
+    names = (
+        [n.strip() for n in args.operations.split(",") if n.strip()] if args.operations else None
+    )
+    return outcome(cloneprep.cloneprep(_site(args), _ui(args), _opts(args), names))
+
+
+def cmd_start(args: argparse.Namespace) -> Result:
+    done = guest_ops.start(
+        _site(args), _ui(args), _opts(args), args.guest, wait=args.wait, timeout=args.timeout
+    )
+    return outcome(done)
+
+
+def cmd_stop(args: argparse.Namespace) -> Result:
+    return outcome(
+        guest_ops.stop(_site(args), _ui(args), _opts(args), args.guest, timeout=args.timeout)
+    )
+
+
+def cmd_exec(args: argparse.Namespace) -> Result:
+    guest = args.guest
+    argv = list(args.argv)  # the words after `--`, split off by the parser
+    if not argv:
+        raise InputError("exec: give the command after the guest, e.g. exec LNX226 -- hostname")
+    code, stdout, stderr = guest_ops.execute(_site(args), guest, argv, args.timeout)
+    data = {
+        "guest": guest,
+        "argv": argv,
+        "exit_code": code,
+        "stdout": stdout.decode(errors="replace"),
+        "stderr": stderr.decode(errors="replace"),
+    }
+
+    def render(out: Console) -> None:
+        sys.stdout.buffer.write(stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(stderr)
+        sys.stderr.flush()
+
+    return Result(data, render, code)
+
+
+def cmd_console(args: argparse.Namespace) -> Result:
+    guest = args.guest
+    site = _site(args, readonly=True)
+    log = guest_ops.console_log(site, guest)
+    text = log.read_bytes()
+    tail = b"\n".join(text.splitlines()[-args.lines :]) + b"\n" if args.lines else text
+
+    def render(out: Console) -> None:
+        sys.stdout.buffer.write(tail)
+        sys.stdout.flush()
+        if args.follow:
+            follow_console(site, guest, log, len(text))
+
+    return Result(
+        {"guest": guest, "log": str(log), "console": tail.decode(errors="replace")}, render
+    )
+
+
+def follow_console(site: Site, guest: str, log: Path, offset: int) -> None:
+    """Print what the guest writes to its console until it logs off (or Ctrl-C)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not guest_ops.running(site, guest):
+                return
+            time.sleep(0.2)
+
+
+def cmd_mnt2rogld(args: argparse.Namespace) -> Result:
+    return outcome(pipeline.mnt2rogld(_site(args), _ui(args), _opts(args)))
+
+
+def cmd_ro2gold(args: argparse.Namespace) -> Result:
+    slot = 2 if args.command == "ro2gold2" and args.slot is None else args.slot
+    return outcome(pipeline.ro2gold(_site(args), _ui(args), _opts(args), slot))
+
+
+def cmd_clonero(args: argparse.Namespace) -> Result:
+    return outcome(clones.clonero(_site(args), _ui(args), _opts(args), args.guest))
+
+
+def cmd_verify(args: argparse.Namespace) -> Result:
+    guest = args.guest
+    checks = verify.verify(_site(args), _ui(args), _opts(args), guest, args.timeout)
+    failed = [c for c in checks if not c.ok]
+    data = {
+        "guest": guest,
+        "ok": not failed,
+        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+
+    def render(out: Console) -> None:
+        verify_table = Table("check", "result", "detail", title=f"verify {guest}")
+        for c in checks:
+            verify_table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+        out.print(verify_table)
+        out.print(f"{guest}: {'all checks passed' if not failed else f'{len(failed)} failed'}")
+
+    return Result(data, render, 1 if failed else 0)
+
+
+def cmd_migrate(args: argparse.Namespace) -> Result:
+    done = migrate.migrate(
+        _site(args),
+        _ui(args),
+        _opts(args),
+        list(args.guests),
+        args.slot,
+        reboot=args.reboot,
+        parallel=args.parallel,
+        timeout=args.timeout,
+    )
+    return outcome(done)
+
+
+def cmd_journal(args: argparse.Namespace) -> Result:
+    site = _site(args, readonly=True)
+    rows = site.state.journal(args.limit)
+    data = [
+        {
+            "id": j.id,
+            "operation": j.operation,
+            "args": j.args,
+            "started": j.started,
+            "ended": j.ended,
+            "status": j.status,
+            "message": j.message,
+            "steps": [
+                {"at": at, "step": step, "status": status}
+                for at, step, status in site.state.journal_steps(j.id)
+            ],
+        }
+        for j in rows
+    ]
+
+    def render(out: Console) -> None:
+        journal_table = Table("id", "operation", "started", "status", "steps", "message")
+        for j in reversed(data):
+            journal_table.add_row(
+                str(j["id"]),
+                j["operation"],
+                j["started"],
+                j["status"],
+                str(len(j["steps"])),
+                j["message"] or "",
+            )
+        out.print(journal_table)
+
+    return Result(data, render)

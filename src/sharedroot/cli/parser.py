@@ -1,0 +1,460 @@
+"""The command line's grammar: argparse built from the commands, with checked argument types.
+
+Every malformed argument ends in a UsageError with one line naming the option, the value
+and the rule; main() prints it (as JSON with --json) and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from sharedroot.cli import commands as c
+from sharedroot.errors import InputError
+from sharedroot.model.parm import check_netmask
+from sharedroot.model.types import guest_name
+from sharedroot.store.settings import SETTINGS
+from sharedroot.workflows import pipeline
+
+MAX_TIMEOUT = 86400.0  # a day: longer is a typo, and time.monotonic() arithmetic stays sane
+MAX_PARALLEL = 64
+MAX_SLOT = 999  # the site's own range (gold_slots) is checked when the store is open
+
+_WHOLE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() takes "1_0" and other scripts
+_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]*)?|\.[0-9]+")
+
+
+class UsageError(InputError):
+    """The command line itself is malformed (exit 2, with a pointer to --help)."""
+
+
+class VersionRequested(Exception):
+    """--version was given; main() prints it in the form asked for."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    # The dest that takes every word after the first `--` (exec's command); options before
+    # it stay the parser's, wherever they stand (argparse's REMAINDER would swallow them).
+    trailing: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        # Raised, not printed: main() alone knows whether the answer must be JSON.
+        raise UsageError(message)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(args) if args is not None else None
+        if self.trailing is None or words is None or "--" not in words:
+            return super().parse_known_args(words, namespace)
+        cut = words.index("--")
+        parsed, extras = super().parse_known_args(words[:cut], namespace)
+        setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
+        return parsed, extras
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise VersionRequested
+
+
+def whole(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from lo to hi, written in plain digits."""
+
+    def parse(text: str) -> int:
+        if not _WHOLE.fullmatch(text) or not lo <= int(text) <= hi:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number from {lo} to {hi:_}".replace("_", ",")
+            )
+        return int(text)
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds up to a day."""
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}"
+        )
+    return value
+
+
+def guest(text: str) -> str:
+    """An argparse type: a z/VM user ID, upper-cased; checked before the store is opened."""
+    try:
+        return guest_name(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def netmask(text: str) -> int:
+    """An argparse type: a dotted netmask or prefix length, as a prefix length 1-32."""
+    try:
+        prefix = check_netmask(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if prefix < 1:  # 0.0.0.0 parses, but leaves the guest no network of its own
+        raise argparse.ArgumentTypeError(f"netmask {text!r}: the prefix must be 1 to 32")
+    return prefix
+
+
+DESCRIPTION = """\
+Run fleets of Linux guests on one shared read-only golden root, and keep that root
+maintained: the system of IBM Redpaper "Sharing and maintaining SLES 10 SP2 Linux
+under z/VM". Guests are z/VM user IDs, disks are minidisks at addresses (01B0 ...),
+a link is LINK owner 21B1 01B1 RR (read-only) or MR (read-write).
+
+the pipeline (the paper's EXECs and scripts in brackets):
+  install           Linux onto the maintenance guest S10RWMNT (§1.5.4)
+  mnt2tst, tst2mnt  maintenance S10RWMNT <-> test guest S10RWTST (MNT2TST, TST2MNT EXEC)
+  cloneprep         clean the maintenance system before it is copied (cloneprep.sh)
+  mnt2gold          maintenance -> gold read-write set 11Bx (MNT2GOLD EXEC)
+  clonerw           gold 11Bx -> a read-write clone's 01Bx (CLONERW EXEC)
+  mnt2rogld         maintenance -> staging S10ROGLD, made a read-only root (mnt2rogld.sh)
+  ro2gold           staging -> gold slot N's 21Bx (slot 1 = S10GOLD, 2 = S10GOLD2);
+                    slot N becomes current, the paper's CURGOLD (RO2GOLD, RO2GOLD2 EXEC)
+  clonero           a read-only clone: private disks copied, the rest LINKed RR from
+                    the current slot, as profile S10DFLT does (CLONERO EXEC)
+  linked            which guest links which gold slot (LINKED EXEC)
+  migrate           move read-only clones to another slot, e.g. S10DFLT -> S10DFLT2,
+                    each clone's /etc merged; rollback is a migrate back (§1.7)
+
+Each clone finds its identity on first boot (boot.findself) in its parm file
+(PARM-S10: Hostname=, HostIP=, ...) on the admin disk CMSCLONE 192.
+"""
+
+EPILOG = "exit codes: 0 done, 1 refused or failed (the message says why), 2 bad input"
+
+
+def _writer_flags(p: argparse.ArgumentParser, confirm: bool = True) -> None:
+    p.add_argument("--dry-run", action="store_true", help="list the steps; change nothing")
+    if confirm:
+        p.add_argument(
+            "--yes",
+            "-y",
+            action="store_true",
+            help="do not ask before overwriting disks (needed without a terminal)",
+        )
+        p.add_argument(
+            "--verify", action="store_true", help="compare content hashes after each copy"
+        )
+
+
+def _timeout(p: argparse.ArgumentParser, default: float, what: str) -> None:
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"{what} ({default:.0f}; at most {MAX_TIMEOUT:.0f})",
+    )
+
+
+def build_parser() -> ArgumentParser:
+    common = ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result, or the error, as JSON for scripts",
+    )
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the store (default: $SHAREDROOT_HOME, else /var/lib/sharedroot)",
+    )
+    parser = ArgumentParser(
+        prog="sharedroot",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="the store (default: $SHAREDROOT_HOME, else /var/lib/sharedroot)",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print sharedroot's version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str, handler: c.Handler, help: str, aliases: Sequence[str] = ()
+    ) -> ArgumentParser:
+        p: ArgumentParser = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EPILOG,
+            aliases=list(aliases),
+            parents=[common],
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    def guest_arg(p: argparse.ArgumentParser, help: str = "the guest (z/VM user ID)") -> None:
+        p.add_argument("guest", type=guest, help=f"{help}: 1-8 of A-Z 0-9 @ # $")
+
+    p = add(
+        "init",
+        c.cmd_init,
+        "create site.toml and the store with the paper's guests (§1.4: S10RWMNT, S10RWTST,"
+        " S10GOLD, S10GOLD2, S10ROGLD, CMSCLONE) and disks (Table 1-1)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["paper"],
+        default="paper",
+        help="paper: the guests of §1.4 and the disks of Table 1-1",
+    )
+    for s in SETTINGS:
+        p.add_argument(
+            f"--{s.key.replace('_', '-')}",
+            dest=s.key,
+            metavar=s.metavar,
+            help=f"{s.help} (default: {s.default})",
+        )
+    p.add_argument(
+        "--size",
+        action="append",
+        metavar="MOUNT=SIZE",
+        help="size of a layout disk, by mount point or address, e.g. /usr=2G",
+    )
+
+    add(
+        "doctor",
+        c.cmd_doctor,
+        "list host programs sharedroot needs and the packages that bring them",
+    )
+    add(
+        "guests",
+        c.cmd_guests,
+        "every guest (z/VM user ID): role, state (logged on/off), disks (minidisks) and"
+        " links (RR read-only, MR read-write)",
+    )
+    add(
+        "linked",
+        c.cmd_linked,
+        "which guests link which gold slot (LINKED EXEC); [[GOLD n]] is the current slot,"
+        " the paper's CURGOLD",
+    )
+    p = add("journal", c.cmd_journal, "the operation journal: what ran, each step, how it ended")
+    p.add_argument(
+        "--limit",
+        type=whole(1, 1_000_000),
+        default=20,
+        metavar="N",
+        help="how many operations, 1 to 1,000,000 (default 20)",
+    )
+
+    p = add(
+        "define",
+        c.cmd_define,
+        "define a clone guest (its USER DIRECT entry): its disks, its RR link to the admin"
+        " disk (CMSCLONE 192 as 191) and its parm file (PARM-S10), which boot.findself reads"
+        " at first boot",
+    )
+    guest_arg(p, "the new guest (z/VM user ID, e.g. LNX226)")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--rw", action="store_true", help="read-write clone (a full copy, CLONERW)")
+    kind.add_argument(
+        "--ro",
+        action="store_true",
+        help="read-only clone (links the gold RR through profile S10DFLT, CLONERO)",
+    )
+    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=)")
+    p.add_argument("--ip", help="IPv4 address (parm file HostIP=)")
+    p.add_argument(
+        "--netmask",
+        type=netmask,
+        metavar="MASK",
+        help="netmask or prefix length, e.g. 255.255.255.0 or 24 (parm file Netmask=; 24)",
+    )
+    p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
+    p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
+    _writer_flags(p, confirm=False)
+
+    for name, fn, help, aliases in (
+        (
+            "mnt2tst",
+            pipeline.mnt2tst,
+            "copy the maintenance guest S10RWMNT's disks onto the test guest S10RWTST"
+            " (MNT2TST EXEC)",
+            ["maint-to-test"],
+        ),
+        (
+            "tst2mnt",
+            pipeline.tst2mnt,
+            "copy the test guest S10RWTST's disks back onto the maintenance guest S10RWMNT"
+            " (TST2MNT EXEC)",
+            ["test-to-maint"],
+        ),
+        (
+            "mnt2gold",
+            pipeline.mnt2gold,
+            "copy the maintenance guest S10RWMNT onto the gold read-write disks 11Bx"
+            " (MNT2GOLD EXEC)",
+            ["maint-to-gold"],
+        ),
+    ):
+        p = add(name, c.copy_command(fn), help, aliases)
+        _writer_flags(p)
+
+    p = add(
+        "install",
+        c.cmd_install,
+        "install Linux onto the maintenance guest S10RWMNT's disks from a cached golden tree"
+        " (§1.5.4)",
+    )
+    p.add_argument("--distro", choices=["debian-bookworm"], help="default: the site's distro")
+    _writer_flags(p)
+
+    p = add(
+        "cloneprep",
+        c.cmd_cloneprep,
+        "clean the maintenance system before mnt2gold: machine-id, SSH host keys, logs, ..."
+        " (cloneprep.sh)",
+    )
+    p.add_argument("--list", action="store_true", help="list the operations and stop")
+    p.add_argument("--operations", metavar="A,B,...", help="run only these operations")
+    _writer_flags(p)
+
+    p = add(
+        "start",
+        c.cmd_start,
+        "LOGON a guest and IPL its boot disk 01B0 under QEMU; VDISK swap made fresh (SWAPGEN)",
+        ["ipl"],
+    )
+    guest_arg(p)
+    p.add_argument("--wait", action="store_true", help="return when the guest is ready")
+    _timeout(p, 300, "seconds --wait waits")
+    _writer_flags(p, confirm=False)
+
+    p = add(
+        "stop",
+        c.cmd_stop,
+        "shut a guest down cleanly (SIGNAL SHUTDOWN), forced after --timeout (LOGOFF)",
+        ["logoff"],
+    )
+    guest_arg(p)
+    _timeout(p, 60, "seconds before forcing")
+    _writer_flags(p, confirm=False)
+
+    p = add("console", c.cmd_console, "show a guest's console output (the serial console log)")
+    guest_arg(p)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until logoff")
+    p.add_argument(
+        "--lines",
+        "-n",
+        type=whole(0, 1_000_000),
+        default=0,
+        metavar="N",
+        help="only the last N lines, 0 to 1,000,000 (0: all)",
+    )
+
+    p = add(
+        "exec",
+        c.cmd_exec,
+        "run a command in a running guest (guest agent); exits with the command's code",
+    )
+    guest_arg(p)
+    p.add_argument("argv", nargs="*", metavar="-- CMD", help="the command and its arguments")
+    p.trailing = "argv"
+    _timeout(p, 120, "seconds to wait")
+
+    p = add(
+        "mnt2rogld",
+        c.cmd_mnt2rogld,
+        "copy the maintenance guest S10RWMNT to the read-only staging guest S10ROGLD and make"
+        " it a read-only-root system: fstab read-only (fstab.ror), /etc, /root, /srv bound"
+        " from /local before systemd starts (the paper's boot.rootfsck) (mnt2rogld.sh)",
+        ["maint-to-readonly"],
+    )
+    _writer_flags(p)
+
+    p = add(
+        "ro2gold",
+        c.cmd_ro2gold,
+        "copy the read-only staging guest S10ROGLD to a gold slot's 21Bx disks (slot 1 ="
+        " S10GOLD, slot 2 = S10GOLD2) and make that slot current, the paper's CURGOLD"
+        " (RO2GOLD EXEC; ro2gold2 is RO2GOLD2 EXEC, --slot 2)",
+        ["ro2gold2", "promote"],
+    )
+    p.add_argument(
+        "--slot",
+        type=whole(1, MAX_SLOT),
+        metavar="N",
+        help="gold slot: 1 = S10GOLD, 2 = S10GOLD2, ... (default: one that nobody links)",
+    )
+    _writer_flags(p)
+
+    p = add(
+        "clonero",
+        c.cmd_clonero,
+        "a read-only clone: copy its private disks (swap, /local, /var) from the current"
+        " gold slot (CURGOLD), LINK the rest RR as profile S10DFLT does (CLONERO EXEC)",
+        ["clone-ro"],
+    )
+    guest_arg(p, "a guest defined with --ro")
+    _writer_flags(p)
+
+    p = add(
+        "verify",
+        c.cmd_verify,
+        "boot a guest if needed and run the read-only checks of §1.6.3 (touch /etc/foo ...),"
+        " the hostname boot.findself took from the parm file, machine-id, failed units, RR"
+        " disks read-only",
+    )
+    guest_arg(p)
+    _timeout(p, 600, "seconds to wait for boot")
+
+    p = add(
+        "migrate",
+        c.cmd_migrate,
+        "move read-only clones to another gold slot (§1.7): relink them to the slot's profile"
+        " (S10DFLT for S10GOLD, S10DFLT2 for S10GOLD2) and merge each clone's /etc three"
+        " ways; rollback is a migrate back",
+    )
+    p.add_argument("guests", nargs="+", type=guest, metavar="GUEST")
+    p.add_argument(
+        "--slot",
+        type=whole(1, MAX_SLOT),
+        required=True,
+        metavar="N",
+        help="the gold slot to move to: 1 = S10GOLD, 2 = S10GOLD2, ...",
+    )
+    p.add_argument(
+        "--reboot", action="store_true", help="stop running clones, move, start them again"
+    )
+    p.add_argument(
+        "--parallel",
+        type=whole(1, MAX_PARALLEL),
+        default=1,
+        metavar="K",
+        help=f"clones per wave, 1 to {MAX_PARALLEL} (1)",
+    )
+    _timeout(p, 600, "seconds a clone may take to boot")
+    _writer_flags(p)
+
+    p = add(
+        "clonerw",
+        c.cmd_clonerw,
+        "copy the gold read-write disks 11Bx onto a guest's 01Bx (CLONERW EXEC)",
+        ["clone-rw"],
+    )
+    guest_arg(p, "a guest defined with --rw")
+    _writer_flags(p)
+    return parser
