@@ -164,6 +164,8 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
     """S10ROGLD 01Bx -> slot N's 21Bx (RO2GOLD, RO2GOLD2); slot N becomes current."""
     staging = site.config.guests.staging
     layout = site.config.layout
+    if slot is not None:
+        site.config.slot_holder(slot)  # a slot this site has, before anything else
     with site.locked(ui, writes=not opts.dry_run):
         if site.state.last_success("mnt2rogld") is None:
             raise RefusedError(f"{staging} holds no read-only system yet; run mnt2rogld first")
