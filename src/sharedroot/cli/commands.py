@@ -110,6 +110,8 @@ def cmd_guests(args: argparse.Namespace) -> Result:
 
     def cells(g: dict[str, Any]) -> list[str]:
         state = "logged on" if g["state"] == "logged_on" else "logged off"
+        if g["incomplete"]:  # a disk set half written: say how to finish it
+            state += f", INCOMPLETE (rerun: {g['incomplete']['rerun']})"
         disks = " ".join(d["address"] for d in g["disks"])
         links = " ".join(
             f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
