@@ -196,7 +196,8 @@ def ro_clone_slot(home: Path, guest: str) -> int:
 
 class LinkWatch:
     """Reads clones' links during a race: each must be, at every moment, the admin link
-    alone (not cloned yet) or with exactly one slot's profile (a relink is atomic)."""
+    alone (not cloned yet) or with exactly one slot's profile (a relink is atomic), and
+    never a slot whose disks are being written (marked incomplete)."""
 
     def __init__(self, home: Path, guests: Sequence[str]) -> None:
         self.home = home
@@ -206,24 +207,58 @@ class LinkWatch:
 
     def __call__(self) -> None:
         marks = ",".join("?" * len(self.guests))
-        rows = query(
-            self.home,
-            "SELECT guest, address, owner, owner_address, mode FROM links"
-            f" WHERE guest IN ({marks})",
-            self.guests,
-        )
+        db = sqlite3.connect(f"file:{self.home / 'state.db'}?mode=ro", uri=True)
+        try:
+            db.execute("BEGIN")  # links and markers from one snapshot
+            rows = db.execute(
+                "SELECT guest, address, owner, owner_address, mode FROM links"
+                f" WHERE guest IN ({marks})",
+                self.guests,
+            ).fetchall()
+            names = db.execute("SELECT name FROM sqlite_master WHERE name = 'incomplete'")
+            marked = (
+                {g for (g,) in db.execute("SELECT guest FROM incomplete")}
+                if names.fetchone()
+                else set()
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
         self.looks += 1
         seen: dict[str, set[tuple[str, str, str, str]]] = {g: set() for g in self.guests}
         for g, *link in rows:
             seen[g].add((link[0], link[1], link[2], link[3]))
         for g, links in seen.items():
             rest = links - {ADMIN_LINK}
-            if ADMIN_LINK not in links or (rest and rest not in (profile(1), profile(2))):
+            slot = next((n for n in (1, 2) if rest == profile(n)), None)
+            if ADMIN_LINK not in links or (rest and slot is None):
                 self.torn.append(f"{g}: {sorted(links)}")
+            elif slot is not None and GOLD[slot - 1] in marked:
+                self.torn.append(f"{g} links gold slot {slot} while it is incomplete")
 
     def check(self) -> None:
         assert self.looks > 0
-        assert not self.torn, f"torn link sets seen mid-race: {self.torn[:5]}"
+        assert not self.torn, f"inconsistent states seen mid-race: {self.torn[:5]}"
+
+
+def check_readers(done: Sequence[Done], guests: Sequence[str]) -> None:
+    """`guests --json` and `linked --json` run mid-race: each answers, and shows every clone
+    with one slot's links (guests) and under at most one gold slot (linked)."""
+    for d in done:
+        assert d.code == 0, str(d)
+        data = json.loads(d.out)
+        if d.argv[0] == "guests":
+            for g in (row for row in data if row["name"] in guests):
+                links = {
+                    (lk["address"], lk["owner"], lk["owner_address"], lk["mode"])
+                    for lk in g["links"]
+                }
+                rest = links - {ADMIN_LINK}
+                assert not rest or rest in (profile(1), profile(2)), (g["name"], sorted(links))
+        else:
+            holders = [c["name"] for h in data["holders"] for c in h["clones"]]
+            twice = sorted({n for n in holders if holders.count(n) > 1})
+            assert not twice, f"`linked` shows {twice} under two gold slots at once: {data}"
 
 
 def linked(home: Path) -> dict[str, Any]:
@@ -338,10 +373,13 @@ def test_eight_writers_on_one_guest(installed_home: Path) -> None:
         ["migrate", x, "--slot", "2", "--yes"],
         ["clonero", x, "--yes"],
     ]
+    readers = [["guests", "--json"], ["linked", "--json"]]
     watch = LinkWatch(home, [x])
-    done = race(home, commands, watch=watch)
+    done = race(home, [*commands, *readers], watch=watch)
     assert_clean(done)
     watch.check()
+    check_readers(done[len(commands) :], [x])
+    done = done[: len(commands)]
     report = "\n".join(map(str, done))
     for d in done:
         if d.argv[0] == "define":  # the guest exists; a second define is refused
@@ -444,13 +482,14 @@ def test_ro2gold_racing_clonero_links_one_complete_slot(installed_home: Path) ->
     assert [d.code for d in defines] == [0] * 6, "\n".join(map(str, defines))
 
     watch = LinkWatch(home, guests)
-    done = race(
-        home,
-        [["ro2gold", "--yes"], *(["clonero", g, "--yes"] for g in guests), ["ro2gold", "--yes"]],
-        watch=watch,
-    )
+    writers = [["ro2gold", "--yes"], *(["clonero", g, "--yes"] for g in guests)]
+    writers.append(["ro2gold", "--yes"])
+    readers = [["linked", "--json"], ["guests", "--json"]]
+    done = race(home, [*writers, *readers], watch=watch)
     assert_clean(done)
     watch.check()
+    check_readers(done[len(writers) :], guests)
+    done = done[: len(writers)]
     report = "\n".join(map(str, done))
     promotions = [d for d in done if d.argv[0] == "ro2gold"]
     # The first promotion always finds a free slot; the second is refused when clones
@@ -478,6 +517,7 @@ def test_ro2gold_racing_clonero_links_one_complete_slot(installed_home: Path) ->
         names = [c["name"] for c in h["clones"]]
         assert names == sorted(g for g, n in slots.items() if n == h["slot"]), (h, slots)
         assert h["generation"] == generation[h["slot"]], h
+        assert not h.get("incomplete"), h
     print(f"clones by slot: {slots}; ro2gold exits {[d.code for d in promotions]}")
     check_settled(home)
     check_store(home)
