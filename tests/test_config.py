@@ -31,6 +31,13 @@ BROKEN_FILES = [
     (lambda t: t.replace("gold_slots = 2", "gold_slots = 0"), "gold_slots"),
     (lambda t: t.replace('backend = "local"', 'backend = "vmware"'), "backend"),
     (lambda t: t.replace('fs = "ext4"', 'fs = "ntfs"', 1), "fs"),
+    (lambda t: t.replace('fs = "ext4"', 'fs = "xfs"', 1), "mke2fs -d"),
+    (lambda t: t.replace('"/opt"', '"/../../tmp/x"'), "[disks.01B8] mount"),
+    (lambda t: t.replace('"/opt"', '"/opt\\n/etc"'), "[disks.01B8] mount"),
+    (lambda t: t.replace('"/opt"', '"/usr/"'), "did you mean '/usr'"),
+    (lambda t: t + '\n[disks.0x1b0]\nmount = "/x"\nfs = "ext2"\nsize = "8M"\n', "overlaps"),
+    (lambda t: t.replace('size = "64M"', 'size = "99999999999T"', 1), "too large"),
+    (lambda t: t.replace('test = "S10RWTST"', 'test = "s10rwmnt"'), "two roles"),
 ]
 
 
@@ -107,6 +114,21 @@ def test_bad_init_arguments_write_nothing(
                 "9.9.9.9",
             ],
             "Gateway",
+        ),
+        (["define", "LNX226", "--rw", "--hostname", "lnx\n.evil", "--ip", "10.0.0.5"], "hostname"),
+        (
+            [
+                "define",
+                "LNX226",
+                "--rw",
+                "--hostname",
+                "l",
+                "--ip",
+                "10.0.0.5",
+                "--netmask",
+                "0.0.0.0",
+            ],
+            "netmask",
         ),
         (["define", "LNX226"], "one of the arguments --rw --ro is required"),
         (["clonerw", "BAD NAME"], "A-Z"),

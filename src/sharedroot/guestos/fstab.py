@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sharedroot.model.layout import Layout
-from sharedroot.model.types import DiskKind
+from sharedroot.errors import InputError
+from sharedroot.model.layout import (
+    FS_TYPES,
+    Layout,
+    check_layout_address,
+    check_mount,
+    plain_path,
+)
+from sharedroot.model.types import DiskKind, shown
+
+# Each field of a line is checked by a full match right before the file is written: a
+# blank, `#` or newline in a value would make fields or lines that the layout never had.
+_DEVICE = re.compile(r"/dev/disk/by-id/virtio-[0-9A-F]{4}")
+_PSEUDO = ("tmpfs", "none")  # sources that are not paths
+_OPTIONS = re.compile(r"[a-z0-9_=.-]+(?:,[a-z0-9_=.-]+)*")
+_FS = re.compile(r"[a-z0-9]+")
+_DUMP_PASS = re.compile(r"[0-9] [0-9]")
+
+
+def _line(source: str, mount: str, fs: str, options: str, dump_pass: str) -> str:
+    what = f"fstab line for {mount!r}"
+    if not (_DEVICE.fullmatch(source) or source in _PSEUDO or plain_path(source)):
+        raise InputError(f"{what}: device {shown(source)} is not a plain path")
+    if mount != "none" and not plain_path(mount):
+        raise InputError(f"{what}: mount point is not a plain path")
+    for value, rule, name in (
+        (fs, _FS, "fs type"),
+        (options, _OPTIONS, "options"),
+        (dump_pass, _DUMP_PASS, "dump and pass"),
+    ):
+        if not rule.fullmatch(value):
+            raise InputError(f"{what}: {name} {shown(value)} breaks the fstab rule")
+    return f"{source}\t{mount}\t{fs}\t{options}\t{dump_pass}"
+
+
+def _extra_line(line: str) -> str:
+    fields = line.split("\t")
+    if len(fields) != 5:
+        raise InputError(f"fstab line {shown(line)}: must be 5 tab-separated fields")
+    return _line(*fields)
 
 
 def write_fstab(
@@ -24,16 +63,19 @@ def write_fstab(
         key=lambda d: (d.kind is not DiskKind.FS, len(Path(d.mount or "/").parts), d.address),
     )
     for disk in order:
-        dev = f"/dev/disk/by-id/virtio-{disk.address}"
+        dev = f"/dev/disk/by-id/virtio-{check_layout_address(disk.address, 'fstab: address')}"
         if disk.kind is DiskKind.FS:
+            check_mount(disk.mount, f"fstab: disk {disk.address}: mount")
+            if disk.mount is None or disk.fs not in FS_TYPES:
+                raise InputError(f"fstab: disk {disk.address}: fs {shown(disk.fs)} not supported")
             ro = readonly and disk.access.value == "ro"
             opts = "ro" if ro else "defaults"
             passno = 0 if ro else (1 if disk.mount == "/" else 2)
-            lines.append(f"{dev}\t{disk.mount}\t{disk.fs}\t{opts}\t0 {passno}")
+            lines.append(_line(dev, disk.mount, disk.fs, opts, f"0 {passno}"))
         else:  # swap disk or VDISK (made fresh at each start): boot need not wait for it
-            lines.append(f"{dev}\tnone\tswap\tsw,nofail\t0 0")
-    lines.append("tmpfs\t/tmp\ttmpfs\tmode=1777,nosuid,nodev\t0 0")
-    lines.extend(extra)
+            lines.append(_line(dev, "none", "swap", "sw,nofail", "0 0"))
+    lines.append(_line("tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev", "0 0"))
+    lines.extend(_extra_line(x) for x in extra)
     path = root_dir / "etc/fstab"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".fstab.sharedroot-tmp")

@@ -8,10 +8,13 @@ Runs inside guests: standard library and sharedroot.model only.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 
-from sharedroot.model.parm import Identity
+from sharedroot.errors import InputError
+from sharedroot.model.parm import Identity, check_identity
+from sharedroot.model.types import shown
 
 HEADER = "# Written by sharedroot findself from this guest's parm file; changes are overwritten.\n"
 
@@ -23,6 +26,18 @@ RESOLV_CONF = "etc/resolv.conf"
 HOSTS = "etc/hosts"
 
 _UNIT_DIRS = ("usr/lib/systemd/system", "lib/systemd/system")
+# A Linux interface name (IFNAMSIZ 16 with the NUL) as ifupdown writes it: eth0, enp1s0,
+# eth0.100 (VLAN), eth0:1 (alias).  Anything else could add words or lines to a stanza.
+_INTERFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
+
+
+def check_interface(name: str) -> str:
+    if not _INTERFACE.fullmatch(name):
+        raise InputError(
+            f"interface {shown(name)}: must be 1-15 of letters, digits, _ . : -"
+            " (starting with a letter or digit)"
+        )
+    return name
 
 
 class NetStack(StrEnum):
@@ -65,6 +80,7 @@ def uses_resolved(root: Path) -> bool:
 
 
 def networkd_text(identity: Identity) -> str:
+    check_identity(identity)
     lines = [
         HEADER.rstrip("\n"),
         "[Match]",
@@ -82,7 +98,8 @@ def networkd_text(identity: Identity) -> str:
 
 def ifupdown_interface(root: Path) -> str:
     """The NIC's name: the first physical Ethernet device of a running system, else the
-    first non-loopback `iface` of /etc/network/interfaces, else eth0."""
+    first non-loopback `iface` of /etc/network/interfaces, else eth0.  Names that break
+    the interface rule are passed over: they would end up in the stanza."""
     net = root / "sys/class/net"
     if net.is_dir():
         for dev in sorted(net.iterdir()):
@@ -91,7 +108,7 @@ def ifupdown_interface(root: Path) -> str:
             except OSError:
                 continue
             # Only physical devices have a `device` link (no bridges, bonds, veths).
-            if is_ether and (dev / "device").exists():
+            if is_ether and (dev / "device").exists() and _INTERFACE.fullmatch(dev.name):
                 return dev.name
     try:
         text = (root / "etc/network/interfaces").read_text()
@@ -99,12 +116,15 @@ def ifupdown_interface(root: Path) -> str:
         text = ""
     for line in text.splitlines():
         words = line.split()
-        if len(words) >= 2 and words[0] == "iface" and words[1] != "lo":
+        iface = len(words) >= 2 and words[0] == "iface" and words[1] != "lo"
+        if iface and _INTERFACE.fullmatch(words[1]):
             return words[1]
     return "eth0"
 
 
 def ifupdown_text(identity: Identity, interface: str) -> str:
+    check_identity(identity)
+    check_interface(interface)
     lines = [
         HEADER.rstrip("\n"),
         f"auto {interface}",
@@ -128,6 +148,7 @@ def ifupdown_conflicts(root: Path, interface: str) -> bool:
 
 def resolv_conf_text(identity: Identity) -> str | None:
     """A resolv.conf naming the parm file's server; None when the parm names none."""
+    check_identity(identity)
     if not identity.nameserver:
         return None
     return f"{HEADER}nameserver {identity.nameserver}\n"
@@ -135,6 +156,7 @@ def resolv_conf_text(identity: Identity) -> str | None:
 
 def hosts_text(identity: Identity) -> str:
     """/etc/hosts written whole: loopback, this guest's address, the IPv6 defaults."""
+    check_identity(identity)
     names = identity.hostname
     if identity.short_name != identity.hostname:
         names = f"{identity.hostname} {identity.short_name}"

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sharedroot.errors import InputError
-from sharedroot.model.types import Access, DiskKind, address, format_size
+from sharedroot.model.types import (
+    BLOCK,
+    MAX_SIZE,
+    Access,
+    DiskKind,
+    address,
+    format_size,
+    shown,
+)
 
-FS_TYPES = ("ext2", "ext3", "ext4", "xfs")
+# install fills each filesystem from a directory with `mke2fs -d`; nothing else can yet.
+FS_TYPES = ("ext2", "ext3", "ext4")
+_UNSUPPORTED_FS = {
+    "xfs": "not supported for layout disks yet: install fills each filesystem from a"
+    " directory with mke2fs -d; use ext2, ext3 or ext4",
+}
+# Plain components only: the mount point goes into fstab, whose fields are split on
+# blanks and where `#` starts a comment.
+_MOUNT_RE = re.compile(r"/|(?:/[A-Za-z0-9._+-]{1,255})+")
+MOUNT_RULE = (
+    "must be / or a normalized absolute path of components of A-Z a-z 0-9 . _ + -"
+    " (no . or .. component, no double or trailing slash)"
+)
+MAX_MOUNT = 1024
+# The system mounts its own filesystems there (fstab adds tmpfs on /tmp).
+RESERVED_MOUNTS = ("/tmp", "/proc", "/sys", "/dev", "/run")
 # The admin disk addresses: CMSCLONE 0192 is linked by every Linux guest as its 0191.
 ADMIN_OWN_ADDRESS = "0192"
 ADMIN_LINK_ADDRESS = "0191"
@@ -74,38 +99,95 @@ class Layout:
         return next(d for d in self.disks if d.mount == "/")
 
 
+def plain_path(path: str) -> bool:
+    """Whether `path` is / or a normalized absolute path of plain components (MOUNT_RULE)."""
+    return (
+        len(path) <= MAX_MOUNT
+        and _MOUNT_RE.fullmatch(path) is not None
+        and posixpath.normpath(path) == path
+        and not any(part in (".", "..") for part in path.split("/"))
+    )
+
+
+def check_mount(mount: object, what: str) -> str:
+    """A layout mount point: one of the rule's normalized absolute paths, not reserved."""
+    if not isinstance(mount, str):
+        raise InputError(f"{what} {shown(mount)}: must be a string")
+    if not plain_path(mount):
+        # A hint only where dropping slashes and `.` keeps the meaning (`..` does not).
+        norm = posixpath.normpath(re.sub("/+", "/", mount)) if mount else ""
+        plain = ".." not in mount.split("/") and plain_path(norm)
+        hint = f" (did you mean {norm!r}?)" if plain else ""
+        raise InputError(f"{what} {shown(mount)}: {MOUNT_RULE}{hint}")
+    for reserved in RESERVED_MOUNTS:
+        if mount == reserved or mount.startswith(reserved + "/"):
+            raise InputError(
+                f"{what} {mount!r}: the system mounts its own filesystem on {reserved}"
+            )
+    return mount
+
+
+def check_fs(fs: object, what: str) -> str:
+    """A layout filesystem type: one install can build."""
+    if not isinstance(fs, str):
+        raise InputError(f"{what} {shown(fs)}: must be a string")
+    if fs in _UNSUPPORTED_FS:
+        raise InputError(f"{what} {fs!r}: {_UNSUPPORTED_FS[fs]}")
+    if fs not in FS_TYPES:
+        raise InputError(f"{what} {shown(fs)}: must be one of {', '.join(FS_TYPES)}")
+    return fs
+
+
+def check_layout_address(addr: object, what: str) -> str:
+    """A layout address: normalised, within 0000-0FFF, not the admin disk's."""
+    if not isinstance(addr, str) or addr != address(addr, what):
+        raise InputError(f"{what} {shown(addr)}: must be 4 upper-case hex digits")
+    if int(addr, 16) > 0x0FFF:
+        raise InputError(
+            f"{what} {addr} overlaps the gold sets (1xxx, 2xxx);"
+            " layout addresses must be within 0000-0FFF"
+        )
+    if addr in (ADMIN_OWN_ADDRESS, ADMIN_LINK_ADDRESS):
+        raise InputError(f"{what} {addr} overlaps the admin disk (0191/0192)")
+    return addr
+
+
+def check_disk_size(size: object, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
+        raise InputError(f"{what} {shown(size)}: must be a positive number of bytes up to 16T")
+    if size % BLOCK:
+        raise InputError(f"{what} {size}: must be a multiple of 4 KiB")
+    return size
+
+
 def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
-    """Raise InputError for duplicate addresses or mounts, or addresses outside 0000-0FFF."""
-    seen: dict[str, DiskSpec] = {}
+    """Raise InputError for a disk that breaks a rule, or duplicate addresses or mounts."""
+    seen: set[str] = set()
     mounts: dict[str, str] = {}
     for d in disks:
-        if d.address != address(d.address):
-            raise InputError(f"{source}: address {d.address!r} is not normalised")
-        if int(d.address, 16) > 0x0FFF:
-            raise InputError(
-                f"{source}: address {d.address} overlaps the gold sets (1xxx, 2xxx);"
-                " layout addresses must be within 0000-0FFF"
-            )
-        if d.address in (ADMIN_OWN_ADDRESS, ADMIN_LINK_ADDRESS):
-            raise InputError(f"{source}: address {d.address} overlaps the admin disk (0191/0192)")
+        check_layout_address(d.address, f"{source}: address")
+        where = f"{source}: disk {d.address}"
         if d.address in seen:
             raise InputError(f"{source}: address {d.address} is given twice")
-        seen[d.address] = d
+        seen.add(d.address)
+        if not isinstance(d.kind, DiskKind):
+            raise InputError(f"{where}: kind {shown(d.kind)} is not a disk kind")
+        if not isinstance(d.access, Access):
+            raise InputError(f"{where}: access {shown(d.access)} is not ro or rw")
+        check_disk_size(d.size, f"{where}: size")
         if d.kind is DiskKind.FS:
-            if not d.mount or not d.mount.startswith("/"):
-                raise InputError(f"{source}: disk {d.address}: mount must be an absolute path")
-            if d.fs not in FS_TYPES:
-                raise InputError(
-                    f"{source}: disk {d.address}: fs {d.fs!r} must be one of {', '.join(FS_TYPES)}"
-                )
+            if d.mount is None or d.fs is None:
+                raise InputError(f"{where}: a filesystem disk needs mount and fs")
+            check_mount(d.mount, f"{where}: mount")
+            check_fs(d.fs, f"{where}: fs")
             if d.mount in mounts:
                 raise InputError(
                     f"{source}: mount point {d.mount} is given twice"
                     f" ({mounts[d.mount]}, {d.address})"
                 )
             mounts[d.mount] = d.address
-        elif d.mount or d.fs:
-            raise InputError(f"{source}: disk {d.address}: {d.kind} takes no mount or fs")
+        elif d.mount is not None or d.fs is not None:
+            raise InputError(f"{where}: {d.kind} takes no mount or fs")
     if "/" not in mounts:
         raise InputError(f"{source}: no disk is mounted at /")
 

@@ -1,4 +1,9 @@
-"""Pure value types of the paper's world: guests, addresses, sizes, modes, roles."""
+"""Pure value types of the paper's world: guests, addresses, sizes, modes, roles.
+
+Every rule here is a full match of the whole text: `re.match` with `$` lets a trailing
+newline through, and a value with a newline becomes an extra line in the file it
+reaches (a parm file, an fstab, a network unit).
+"""
 
 from __future__ import annotations
 
@@ -7,48 +12,83 @@ from enum import StrEnum
 
 from sharedroot.errors import InputError
 
-_GUEST_RE = re.compile(r"^[A-Z0-9@#$]{1,8}$")
-_ADDR_RE = re.compile(r"^[0-9A-F]{1,4}$")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+# Rules match the text as given, in ASCII, before any upper-casing: str.upper() maps
+# some other letters to ASCII ones ("\u00df" to "SS", the "ff" ligature to "FF"), and
+# re.IGNORECASE matches the Kelvin sign as K.  \d would also take other scripts' digits.
+_GUEST_RE = re.compile(r"[A-Za-z0-9@#$]{1,8}")
+_ADDR_RE = re.compile(r"(?:0[xX])?([0-9A-Fa-f]{1,4})")
+_SIZE_RE = re.compile(r"(0|[1-9][0-9]*) ?([KMGTkmgt]?)(?:[iI]?[bB])?")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 BLOCK = 4096
+# Far beyond any disk of the pipeline; it keeps sizes within what files and mke2fs take.
+MAX_SIZE = 16 << 40
+_MAX_SIZE_TEXT = 32  # a size with more characters cannot be valid: refuse before int()
 
 
-def guest_name(text: str, what: str = "guest name") -> str:
-    """A z/VM user ID: 1 to 8 of A-Z 0-9 @ # $, upper-cased."""
-    name = text.strip().upper()
-    if not _GUEST_RE.match(name):
-        raise InputError(f"{what} {text!r}: must be 1-8 characters of A-Z 0-9 @ # $")
-    return name
+def shown(value: object, limit: int = 60) -> str:
+    """A value for an error message: repr (so control characters show escaped), cut short."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def address(text: str | int, what: str = "address") -> str:
-    """A virtual device address, 0000-FFFF, normalised to 4 upper-case hex digits."""
+def guest_name(text: object, what: str = "guest name", *, exact: bool = False) -> str:
+    """A z/VM user ID: 1 to 8 of A-Z 0-9 @ # $, upper-cased.
+
+    One final line end is dropped unless `exact`: findself reads the name from a sysfs
+    file, which ends in one.  Any other blank or control character is refused.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"{what} {shown(text)}: must be a string")
+    name = text if exact else text.removesuffix("\n")
+    if not _GUEST_RE.fullmatch(name):
+        raise InputError(f"{what} {shown(text)}: must be 1-8 characters of A-Z 0-9 @ # $")
+    return name.upper()
+
+
+def address(text: object, what: str = "address") -> str:
+    """A virtual device address, 0000-FFFF, normalised to 4 upper-case hex digits.
+
+    Written as 1B0, 01B0, 01b0 or 0x1b0; no blanks.
+    """
+    if isinstance(text, bool):
+        raise InputError(f"{what} {shown(text)}: must be 1-4 hex digits within 0000-FFFF")
     if isinstance(text, int):
         if not 0 <= text <= 0xFFFF:
             raise InputError(f"{what} {text:#x}: must be within 0000-FFFF")
         return f"{text:04X}"
-    raw = text.strip().upper()
-    if raw.startswith("0X"):
-        raw = raw[2:]
-    if not _ADDR_RE.match(raw):
-        raise InputError(f"{what} {text!r}: must be 1-4 hex digits within 0000-FFFF")
-    return raw.zfill(4)
+    if not isinstance(text, str):
+        raise InputError(f"{what} {shown(text)}: must be 1-4 hex digits within 0000-FFFF")
+    m = _ADDR_RE.fullmatch(text)
+    if not m:
+        raise InputError(f"{what} {shown(text)}: must be 1-4 hex digits within 0000-FFFF")
+    return m.group(1).upper().zfill(4)
 
 
-def parse_size(text: str | int, what: str = "size") -> int:
-    """A size such as 512M or 2G (binary units) in bytes; a positive multiple of 4 KiB."""
-    if isinstance(text, bool):
-        raise InputError(f"{what} {text!r}: not a size")
+def parse_size(text: object, what: str = "size") -> int:
+    """A size such as 512M or 2G (binary units) in bytes; a positive multiple of 4 KiB.
+
+    A whole number of bytes (an int) is taken too; bools and floats are not sizes.
+    """
+    rule = "must be a positive multiple of 4 KiB up to 16T"
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise InputError(f"{what} {shown(text)}: not a size; give bytes or a text like 512M")
     if isinstance(text, int):
         value = text
     else:
-        m = _SIZE_RE.match(text)
+        if len(text) > _MAX_SIZE_TEXT:
+            raise InputError(f"{what} {shown(text)}: too long for a size; {rule}")
+        m = _SIZE_RE.fullmatch(text)
         if not m:
-            raise InputError(f"{what} {text!r}: expected a number with K, M, G or T, e.g. 512M")
+            raise InputError(
+                f"{what} {shown(text)}: expected a whole number with K, M, G or T, e.g. 512M"
+            )
         value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value > MAX_SIZE:
+        raise InputError(f"{what} {shown(text)}: too large; {rule}")
     if value <= 0 or value % BLOCK:
-        raise InputError(f"{what} {text!r}: must be a positive multiple of 4 KiB")
+        raise InputError(f"{what} {shown(text)}: {rule}")
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from sharedroot.errors import InputError
-from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout, check_layout
+from sharedroot.model.layout import (
+    PAPER_LAYOUT,
+    DiskSpec,
+    Layout,
+    check_fs,
+    check_layout,
+    check_layout_address,
+    check_mount,
+)
 from sharedroot.model.types import (
     Access,
     DiskKind,
@@ -18,12 +27,14 @@ from sharedroot.model.types import (
     format_size,
     guest_name,
     parse_size,
+    shown,
 )
 from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY
 
 SITE_FILE = "site.toml"
 ROLE_KEYS = ("maintenance", "test", "staging", "worker", "admin")
 DISK_KEYS = ("kind", "mount", "fs", "access", "size")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -87,30 +98,53 @@ def make_config(values: Mapping[str, Any], sizes: Mapping[str, int] | None = Non
 
 
 def _check_guests(guests: PipelineGuests, source: str) -> None:
-    names = guests.all()
-    for n in names:
-        guest_name(n, f"{source}: guest")
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise InputError(f"{source}: guest {sorted(dup)[0]} has two roles")
+    """Each role's name is a valid guest name, and no guest has two roles."""
+    roles = [(k, getattr(guests, k)) for k in ROLE_KEYS]
+    roles += [(f"gold[{n}]", g) for n, g in enumerate(guests.gold, start=1)]
+    seen: dict[str, str] = {}
+    for role, name in roles:
+        if guest_name(name, f"{source} {role}", exact=True) != name:
+            raise InputError(f"{source} {role} = {shown(name)}: must be upper case")
+        if name in seen:
+            raise InputError(
+                f"{source} {role} = {name!r}: guest {name} has two roles"
+                f" ({seen[name]} and {role}; names are compared in upper case)"
+            )
+        seen[name] = role
+
+
+def _key(key: str) -> str:
+    """A TOML key as it would be written: bare when it can be, else quoted and escaped."""
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise InputError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            raise InputError(f"{where}: unknown key {shown(key)} (allowed: {', '.join(allowed)})")
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise InputError(f"{where}: must be a table")
+        raise InputError(f"{where}: must be a table, not {_toml_type(value)}")
     return value
 
 
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise InputError(f"{where} = {value!r}: must be a string")
+        raise InputError(f"{where} = {shown(value)}: must be a string, not {_toml_type(value)}")
     return value
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), "a date or time")
+
+
+def _guest(value: Any, where: str) -> str:
+    """A guest name as site.toml gives it: any case, nothing around it."""
+    return guest_name(_str(value, where), where, exact=True)
 
 
 def load_config(path: Path) -> SiteConfig:
@@ -120,17 +154,22 @@ def load_config(path: Path) -> SiteConfig:
     except FileNotFoundError:
         raise InputError(f"{path}: no site here; run `sharedroot init` first") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: malformed TOML: {exc}") from None
+        raise InputError(f"{path}: malformed TOML: {_one_line(str(exc))}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+        raise InputError(f"{path}: cannot read: {_one_line(str(exc))}") from None
     try:
-        return _parse(raw, path)
+        return _parse(raw)
     except InputError as exc:
-        msg = str(exc)
+        msg = _one_line(str(exc))
         raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
-def _parse(raw: Mapping[str, Any], path: Path) -> SiteConfig:
+def _one_line(text: str) -> str:
+    # Error messages are one line: a newline in them would read as a second message.
+    return " ".join(text.splitlines())
+
+
+def _parse(raw: Mapping[str, Any]) -> SiteConfig:
     _reject_unknown(raw, ("site", "guests", "disks"), "top level")
     site = _table(raw.get("site", {}), "[site]")
     _reject_unknown(site, tuple(SETTINGS_BY_KEY), "[site]")
@@ -138,58 +177,87 @@ def _parse(raw: Mapping[str, Any], path: Path) -> SiteConfig:
     defaults = default_guests(parsed["prefix"], parsed["gold_slots"])
     gtab = _table(raw.get("guests", {}), "[guests]")
     _reject_unknown(gtab, (*ROLE_KEYS, "gold"), "[guests]")
-    roles = {k: _str(gtab.get(k, getattr(defaults, k)), f"[guests] {k}").upper() for k in ROLE_KEYS}
+    roles = {k: _guest(gtab.get(k, getattr(defaults, k)), f"[guests] {k}") for k in ROLE_KEYS}
     gold_raw = gtab.get("gold", list(defaults.gold))
     if not isinstance(gold_raw, list) or len(gold_raw) != parsed["gold_slots"]:
         raise InputError(
-            f"[guests] gold: must be a list of {parsed['gold_slots']} names (one per gold slot)"
+            f"[guests] gold = {shown(gold_raw)}: must be a list of {parsed['gold_slots']}"
+            " names (one per gold slot)"
         )
-    guests = PipelineGuests(gold=tuple(_str(g, "[guests] gold").upper() for g in gold_raw), **roles)
+    gold = tuple(_guest(g, f"[guests] gold[{n}]") for n, g in enumerate(gold_raw, start=1))
+    guests = PipelineGuests(gold=gold, **roles)
     _check_guests(guests, "[guests]")
     dtab = _table(raw.get("disks", {}), "[disks]")
     if not dtab:
         raise InputError("[disks]: the layout has no disks")
-    disks = [_disk(key, value) for key, value in dtab.items()]
-    seen: dict[str, str] = {}
-    for key, d in zip(dtab, disks, strict=True):
-        if d.address in seen:
+    disks: list[DiskSpec] = []
+    by_address: dict[str, str] = {}
+    by_mount: dict[str, str] = {}
+    for key, value in dtab.items():
+        d = _disk(key, value)
+        where = f"[disks.{_key(key)}]"
+        if d.address in by_address:
             raise InputError(
-                f"[disks.{key}]: address {d.address} overlaps [disks.{seen[d.address]}]"
+                f"{where}: address {d.address} overlaps [disks.{by_address[d.address]}]"
             )
-        seen[d.address] = key
+        by_address[d.address] = _key(key)
+        if d.mount is not None:
+            if d.mount in by_mount:
+                raise InputError(
+                    f"{where} mount {d.mount!r}: mount point is given twice"
+                    f" (also [disks.{by_mount[d.mount]}])"
+                )
+            by_mount[d.mount] = _key(key)
+        disks.append(d)
     check_layout(disks, "[disks]")
     return SiteConfig(guests=guests, layout=Layout(tuple(disks)), **parsed)
 
 
 def _disk(key: str, value: Any) -> DiskSpec:
-    where = f"[disks.{key}]"
+    where = f"[disks.{_key(key)}]"
     table = _table(value, where)
     _reject_unknown(table, DISK_KEYS, where)
-    addr = address(key, f"{where} address")
+    addr = check_layout_address(address(key, f"{where} address"), f"{where} address")
     kind_raw = _str(table.get("kind", "fs"), f"{where} kind")
     try:
         kind = DiskKind(kind_raw)
     except ValueError:
         raise InputError(
-            f"{where} kind = {kind_raw!r}: must be one of {', '.join(k.value for k in DiskKind)}"
+            f"{where} kind = {shown(kind_raw)}:"
+            f" must be one of {', '.join(k.value for k in DiskKind)}"
         ) from None
     access_raw = _str(table.get("access", "rw"), f"{where} access")
     try:
         access = Access(access_raw)
     except ValueError:
-        raise InputError(f"{where} access = {access_raw!r}: must be ro or rw") from None
+        raise InputError(f"{where} access = {shown(access_raw)}: must be ro or rw") from None
     if "size" not in table:
         raise InputError(f"{where}: size is required")
     size = parse_size(table["size"], f"{where} size")
-    mount = _str(table["mount"], f"{where} mount") if "mount" in table else None
-    fs = _str(table["fs"], f"{where} fs") if "fs" in table else None
+    mount = table.get("mount")
+    if mount is not None:
+        mount = check_mount(_str(mount, f"{where} mount"), f"{where} mount")
+    fs = table.get("fs")
+    if fs is not None:
+        fs = check_fs(_str(fs, f"{where} fs"), f"{where} fs")
     if kind is DiskKind.FS and (mount is None or fs is None):
         raise InputError(f"{where}: a filesystem disk needs mount and fs")
+    if kind is not DiskKind.FS and (mount is not None or fs is not None):
+        raise InputError(f"{where}: kind {kind.value} takes no mount or fs")
     return DiskSpec(addr, kind, size, access, mount, fs)
 
 
 def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string; control characters escaped (TOML forbids them raw)."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def render_config(config: SiteConfig) -> str:

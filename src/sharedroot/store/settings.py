@@ -6,12 +6,13 @@ config loader and the command line are both generated from this table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sharedroot.errors import InputError
-from sharedroot.model.types import guest_name
+from sharedroot.model.types import shown
 
 BACKENDS = ("local", "zvm")
 DISTROS = ("debian-bookworm",)
@@ -20,29 +21,31 @@ DISTROS = ("debian-bookworm",)
 def _choice(options: tuple[str, ...]) -> Callable[[Any, str], Any]:
     def parse(value: Any, key: str) -> str:
         if not isinstance(value, str) or value not in options:
-            raise InputError(f"{key} = {value!r}: must be one of {', '.join(options)}")
+            raise InputError(f"{key} = {shown(value)}: must be one of {', '.join(options)}")
         return value
 
     return parse
 
 
+# Plain ASCII decimal: str.isdigit() also takes digits int() refuses (superscripts).
+_WHOLE = re.compile(r"0|[1-9][0-9]{0,8}")
+# The longest role suffix is RWMNT/RWTST/ROGLD (5), so names stay within 8 characters.
+_PREFIX = re.compile(r"[A-Za-z0-9@#$]{0,3}")
+
+
 def _int_range(lo: int, hi: int) -> Callable[[Any, str], Any]:
     def parse(value: Any, key: str) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise InputError(f"{key} = {value!r}: must be a whole number from {lo} to {hi}")
-        return value
+        number = int(value) if isinstance(value, str) and _WHOLE.fullmatch(value) else value
+        if isinstance(number, bool) or not isinstance(number, int) or not lo <= number <= hi:
+            raise InputError(f"{key} = {shown(value)}: must be a whole number from {lo} to {hi}")
+        return number
 
     return parse
 
 
 def _prefix(value: Any, key: str) -> str:
-    # The longest role suffix is RWMNT/RWTST/ROGLD (5), so names stay within 8 characters.
-    if not isinstance(value, str) or len(value) > 3:
-        raise InputError(f"{key} = {value!r}: must be 0-3 characters of A-Z 0-9 @ # $")
-    if value:
-        guest_name(value, key)
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value):
+        raise InputError(f"{key} = {shown(value)}: must be 0-3 characters of A-Z 0-9 @ # $")
     return value.upper()
 
 
