@@ -261,6 +261,18 @@ def check_readers(done: Sequence[Done], guests: Sequence[str]) -> None:
             assert not twice, f"`linked` shows {twice} under two gold slots at once: {data}"
 
 
+def check_filesystems(home: Path, guests: Sequence[str]) -> None:
+    """The clones' own filesystems (/local, /var) are whole: no copy or merge left them torn."""
+    for g in guests:
+        for d in PAPER_LAYOUT.private:
+            if d.fs is None:
+                continue
+            proc = subprocess.run(
+                ["e2fsck", "-fn", str(image_of(home, g, d.address))], capture_output=True, text=True
+            )
+            assert proc.returncode == 0, f"{g} {d.address}: e2fsck {proc.returncode}\n{proc.stdout}"
+
+
 def linked(home: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(run(home, "linked", "--json").out)
     return data
@@ -402,6 +414,7 @@ def test_eight_writers_on_one_guest(installed_home: Path) -> None:
     ]
     last = max(placed, key=lambda j: j["id"])
     assert last["args"]["slot"] == slot, (last, slot)
+    check_filesystems(home, [x])
     check_settled(home)
     check_store(home)
 
@@ -519,6 +532,7 @@ def test_ro2gold_racing_clonero_links_one_complete_slot(installed_home: Path) ->
         assert h["generation"] == generation[h["slot"]], h
         assert not h.get("incomplete"), h
     print(f"clones by slot: {slots}; ro2gold exits {[d.code for d in promotions]}")
+    check_filesystems(home, guests)
     check_settled(home)
     check_store(home)
 
