@@ -69,6 +69,8 @@ def race(
 
     `watch` is called over and over while they run, to look at the store mid-race.
     """
+    if env is None:  # queued writers wait out the race, not the 60s default, on a busy host
+        env = os.environ | {"SHAREDROOT_LOCK_WAIT": str(int(timeout))}
     with ExitStack() as stack:
         files = [
             (
