@@ -9,7 +9,10 @@ rebuild.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from sharedroot.errors import InputError
 
 LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
 HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
@@ -21,7 +24,10 @@ MARKER = "# sharedroot early bind v3"  # a script without it predates the comman
 def cmdline_words(address: str, fs: str) -> list[str]:
     """What a read-only root's kernel command line gets: the switch, and no fsck before
     it (the script checks /local and /var itself)."""
-    return [f"{CMDLINE_KEY}={address}:{fs}", "fsck.mode=skip"]
+    word = f"{CMDLINE_KEY}={address}:{fs}"
+    if not re.fullmatch(r"sharedroot\.local=[0-9A-F]{4}:ext[234]", word):
+        raise InputError(f"boot configuration word {word!r}: expected ADDR:ext2|ext3|ext4")
+    return [word, "fsck.mode=skip"]
 
 
 LOCAL_BOTTOM_SCRIPT = f"""#!/bin/sh

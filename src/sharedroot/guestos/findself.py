@@ -111,7 +111,8 @@ def read_guest_name(root: Path) -> str:
         raw = path.read_text(errors="replace")
     except OSError as exc:
         raise InputError(f"no guest name: cannot read /{SERIAL_FILE} ({exc.strerror})") from None
-    return check_guest_name(raw, f"guest name in /{SERIAL_FILE}")
+    # sysfs ends the value with one line end; nothing else is taken off.
+    return check_guest_name(raw.removesuffix("\n"), f"guest name in /{SERIAL_FILE}")
 
 
 def read_parm(parm_dir: Path, guest: str) -> tuple[str, str]:

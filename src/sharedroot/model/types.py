@@ -33,15 +33,11 @@ def shown(value: object, limit: int = 60) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def guest_name(text: object, what: str = "guest name", *, exact: bool = False) -> str:
-    """A z/VM user ID: 1 to 8 of A-Z 0-9 @ # $, upper-cased.
-
-    One final line end is dropped unless `exact`: findself reads the name from a sysfs
-    file, which ends in one.  Any other blank or control character is refused.
-    """
+def guest_name(text: object, what: str = "guest name") -> str:
+    """A z/VM user ID: 1 to 8 of A-Z 0-9 @ # $, upper-cased; no blank, no line end."""
     if not isinstance(text, str):
         raise InputError(f"{what} {shown(text)}: must be a string")
-    name = text if exact else text.removesuffix("\n")
+    name = text
     if not _GUEST_RE.fullmatch(name):
         raise InputError(f"{what} {shown(text)}: must be 1-8 characters of A-Z 0-9 @ # $")
     return name.upper()

@@ -103,7 +103,7 @@ def _check_guests(guests: PipelineGuests, source: str) -> None:
     roles += [(f"gold[{n}]", g) for n, g in enumerate(guests.gold, start=1)]
     seen: dict[str, str] = {}
     for role, name in roles:
-        if guest_name(name, f"{source} {role}", exact=True) != name:
+        if guest_name(name, f"{source} {role}") != name:
             raise InputError(f"{source} {role} = {shown(name)}: must be upper case")
         if name in seen:
             raise InputError(
@@ -144,7 +144,7 @@ def _toml_type(value: Any) -> str:
 
 def _guest(value: Any, where: str) -> str:
     """A guest name as site.toml gives it: any case, nothing around it."""
-    return guest_name(_str(value, where), where, exact=True)
+    return guest_name(_str(value, where), where)
 
 
 def load_config(path: Path) -> SiteConfig:

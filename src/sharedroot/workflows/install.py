@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import sharedroot
 from sharedroot.errors import InputError
 from sharedroot.guestos import debian, findself
 from sharedroot.hypervisor import cache_dir
+from sharedroot.model.parm import check_hostname
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
@@ -33,7 +35,9 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
         raise InputError(f"--distro {distro!r}: only debian-bookworm can be installed so far")
     guest = site.config.guests.maintenance
     layout = site.config.layout
-    recipe = debian.Recipe(layout=layout, hostname=guest.lower())
+    # A user ID may hold @ # $, which a host name may not: those become '-'.
+    hostname = check_hostname(re.sub(r"[^a-z0-9]", "-", guest.lower()).strip("-") or "linux")
+    recipe = debian.Recipe(layout=layout, hostname=hostname)
     disks = layout.copied
     work = site.home / "tmp" / f"install-{guest}"
     with site.locked(ui, writes=not opts.dry_run):
