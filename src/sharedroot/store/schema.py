@@ -84,6 +84,23 @@ CREATE TABLE incomplete (
     since TEXT NOT NULL
 );
 """
+# What version-1 readers see of version 2 (temporary views: a reader writes nothing).
+VIEWS_1 = """
+CREATE TEMP VIEW journal AS SELECT id, operation, args, started, ended, status, message,
+    NULL AS pid, NULL AS pid_start, '[]' AS plan FROM main.journal;
+CREATE TEMP VIEW generations AS SELECT id, slot, source, created, hashes, '{}' AS stamps
+    FROM main.generations;
+CREATE TEMP TABLE incomplete (
+    guest TEXT PRIMARY KEY,
+    operation TEXT NOT NULL,
+    op INTEGER,
+    since TEXT NOT NULL
+);
+"""
+TABLES_1 = (
+    *("meta", "guests", "disks", "links", "slots", "generations"),
+    *("journal", "journal_steps"),
+)
 TABLES = (
     *("meta", "guests", "disks", "links", "slots", "generations"),
     *("journal", "journal_steps", "incomplete"),

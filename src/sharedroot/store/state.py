@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +19,15 @@ from typing import Any, TypeVar
 
 from sharedroot.errors import StoreError
 from sharedroot.model.types import DiskKind, Mode, Role
-from sharedroot.store.schema import JOURNAL_STATUSES, SCHEMA, SCHEMA_VERSION, TABLES, UPGRADE_1
+from sharedroot.store.schema import (
+    JOURNAL_STATUSES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TABLES,
+    TABLES_1,
+    UPGRADE_1,
+    VIEWS_1,
+)
 
 STATE_FILE = "state.db"
 
@@ -113,40 +124,129 @@ def _regular_file(path: Path) -> None:
         raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{path}: not a regular file; the store is damaged")
+    if st.st_size == 0:
+        raise StoreError(
+            f"{path}: empty (0 bytes), not a sharedroot database; the store is damaged"
+        )
+
+
+SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def _wal_pending(path: Path) -> bool:
+    """Committed changes wait in the write-ahead log (not yet in the file itself)."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
+
+
+def _whole_file(path: Path) -> None:
+    """Refuse a file that is not SQLite's, or shorter than its own header says.
+
+    SQLite reads missing pages as zeros and may not notice until a query meets them;
+    the header's page count tells at once.  Skipped while the write-ahead log holds
+    changes: a checkpoint cut short leaves the file behind its header, legitimately.
+    """
+    with open(path, "rb") as f:
+        head = f.read(100)
+        size = os.fstat(f.fileno()).st_size
+    if not head.startswith(SQLITE_MAGIC):
+        raise StoreError(f"{path}: not a sharedroot database (not an SQLite file)")
+    if len(head) < 100:
+        raise StoreError(f"{path}: truncated to {size} bytes; the store is damaged")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    valid = pages > 0 and head[24:28] == head[92:96]
+    if valid and size < pages * page_size and not _wal_pending(path):
+        raise StoreError(
+            f"{path}: truncated to {size} bytes, its header says {pages * page_size};"
+            " the store is damaged"
+        )
+
+
+def _writable(path: Path) -> None:
+    """A writer needs the file and its directory (SQLite's WAL lives beside it)."""
+    for where in (path, path.parent):
+        if not os.access(where, os.W_OK):
+            code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
+            raise StoreError(
+                f"{where}: cannot write ({os.strerror(code).lower()}); this command changes"
+                " the store, commands that only read it still work"
+            )
 
 
 class State:
     """One connection to state.db; writes happen inside `transaction()`.
 
     An existing store is opened as it is: a file that is not a sharedroot database,
-    or one missing tables, is reported, never rebuilt over.  `readonly` opens it
-    without writing a byte (reading commands, a read-only store).
+    one cut short or damaged, or one missing tables, is reported, never rebuilt over.
+    `readonly` opens it without writing a byte (reading commands, a read-only store);
+    otherwise every row is checked first, so nothing is written into a damaged store.
     """
 
     def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._snapshot: tempfile.TemporaryDirectory[str] | None = None
         if not create:
             _regular_file(path)
+            _whole_file(path)
+            if not readonly:
+                _writable(path)
+                # Every check on a connection that cannot write: closing a read-write
+                # one may checkpoint, so a refused writer would still move bytes.
+                State(path, readonly=True).close_checked()
         try:
             self.db = self._connect(path, create=create, readonly=readonly)
-            self.db.execute("PRAGMA foreign_keys = ON")
-            version = None if create else self._version()
-            if create:
-                self._create()
-            elif version == 1 and not readonly:
-                self._upgrade()
-            elif version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{path}: schema version {version}, this sharedroot knows {SCHEMA_VERSION}"
-                    + (" (open it once with a writing command to upgrade)" if version == 1 else "")
-                )
-            self._check_tables()
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: damaged or not a sharedroot database ({exc})") from None
+        try:
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if create:
+                self._create()
+            else:
+                self._open()
+        except BaseException as exc:
+            self.close()  # now, not whenever the collector comes
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{path}: damaged or not a sharedroot database ({exc})") from None
+            raise
 
-    @staticmethod
-    def _connect(path: Path, *, create: bool, readonly: bool) -> sqlite3.Connection:
+    def _open(self) -> None:
+        """Check an existing store before anything reads it (or writes to it)."""
+        if self.readonly:  # a writer's read-only look did this already
+            found = self.db.execute("PRAGMA quick_check(1)").fetchone()
+            if found is None or found[0] != "ok":
+                lines = str(found[0] if found else "no answer").splitlines()
+                detail = " ".join(x.strip() for x in lines if x.strip() and not x.startswith("***"))
+                raise StoreError(f"{self.path}: damaged (SQLite's quick_check: {detail})")
+        version = self._version()
+        if version == 1:
+            self._check_tables(TABLES_1)
+            if self.readonly:
+                self._script(VIEWS_1)  # read as it is: a reader writes nothing
+            else:
+                self._upgrade()
+        elif version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this sharedroot knows {SCHEMA_VERSION}"
+            )
+        else:
+            self._check_tables(TABLES)
+
+    def close_checked(self) -> None:
+        """Decode every row, then close (a writer's look before it opens to write)."""
+        try:
+            with self._reading():
+                self.check_rows()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: damaged or not a sharedroot database ({exc})") from None
+        finally:
+            self.close()
+
+    def _connect(self, path: Path, *, create: bool, readonly: bool) -> sqlite3.Connection:
         # Rollouts wait for guests in threads; SQLite itself serialises the connection.
         if not readonly:
             mode = "rwc" if create else "rw"
@@ -157,21 +257,43 @@ class State:
                 timeout=30,
                 check_same_thread=False,
             )
-        db = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-        )
+        db = self._connect_ro(f"file:{path}?mode=ro")
         try:
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError:
-            # A WAL database in a directory we cannot write: read it as a snapshot.
+            # A WAL database in a directory we cannot write (no -shm to share).
             db.close()
-            db = sqlite3.connect(
-                f"file:{path}?mode=ro&immutable=1",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            if _wal_pending(path):
+                return self._connect_ro(f"file:{self._copy(path)}?mode=ro")
+            return self._connect_ro(f"file:{path}?mode=ro&immutable=1")
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    @staticmethod
+    def _connect_ro(uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA temp_store = MEMORY")  # the views of an older schema
+        return db
+
+    def _copy(self, path: Path) -> Path:
+        """Copy the file and its WAL where SQLite may index the WAL, and read that.
+
+        Opened as immutable, the file alone would show the store without the changes
+        its WAL holds.  Copied again if either changed meanwhile (a writer with other
+        rights than ours), so the two always belong together.
+        """
+        self._snapshot = tempfile.TemporaryDirectory(prefix="sharedroot-state-")
+        copy = Path(self._snapshot.name) / path.name
+        wal = Path(f"{path}-wal")
+        for _ in range(10):
+            before = [(s.st_size, s.st_mtime_ns) for s in (path.stat(), wal.stat())]
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            if before == [(s.st_size, s.st_mtime_ns) for s in (path.stat(), wal.stat())]:
+                return copy
+        raise StoreError(f"{path}: changing while being read; try again")
 
     def _version(self) -> int | None:
         row = self.db.execute(
@@ -180,15 +302,125 @@ class State:
         if row is None:
             raise StoreError(f"{self.path}: not a sharedroot database (no table meta)")
         got = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if got is None or not str(got[0]).isdigit():
+        if got is None or not str(got[0]).isdecimal():
             raise StoreError(f"{self.path}: no valid schema_version in table meta")
         return int(got[0])
 
-    def _check_tables(self) -> None:
+    def _check_tables(self, tables: Sequence[str]) -> None:
         have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = [t for t in TABLES if t not in have]
+        missing = [t for t in tables if t not in have]
         if missing:
             raise StoreError(f"{self.path}: table {missing[0]} is missing; the store is damaged")
+
+    def check_rows(self) -> None:
+        """Every row is what sharedroot wrote: a writer builds on nothing it could not
+        read back.  SQLite finds the first bad row of each table (fast, even with a long
+        journal); the row's own decoder then says what is wrong with it."""
+        for table, columns, bad, decode in self._row_checks():
+            row = self.db.execute(
+                f"SELECT {columns} FROM {table} WHERE {bad} ORDER BY 1 LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                decode(row)  # raises, naming the column
+                raise StoreError(
+                    f"{self.path}: table {table}, row {row[0]}: not what sharedroot writes"
+                )
+        self.current_slot()
+
+    def _row_checks(self) -> list[tuple[str, str, str, Callable[[Sequence[Any]], object]]]:
+        def journal_step(row: Sequence[Any]) -> None:
+            r = _Row(self.path, "journal_steps", f"{row[0]} {row[1]}")
+            for column, value in zip(("at", "step", "status"), row[2:], strict=True):
+                r.text(column, value)
+
+        return [
+            (
+                "guests",
+                "name, role, created",
+                _sql_any(_sql_text("name"), _sql_enum("role", Role), _sql_text("created")),
+                self._guest,
+            ),
+            (
+                "disks",
+                "owner, address, kind, fs, size, file",
+                _sql_any(
+                    *(_sql_text(c) for c in ("owner", "address", "file")),
+                    _sql_enum("kind", DiskKind),
+                    _sql_text("fs", null=True),
+                    _sql_whole("size"),
+                ),
+                self._disk,
+            ),
+            (
+                "links",
+                "guest, address, owner, owner_address, mode",
+                _sql_any(
+                    *(_sql_text(c) for c in ("guest", "address", "owner", "owner_address")),
+                    _sql_enum("mode", Mode),
+                ),
+                self._link,
+            ),
+            (
+                "slots",
+                "slot, holder, generation",
+                _sql_any(
+                    _sql_whole("slot"), _sql_text("holder"), _sql_whole("generation", null=True)
+                ),
+                self._slot,
+            ),
+            (
+                "generations",
+                "id, slot, source, created, hashes, stamps",
+                _sql_any(
+                    _sql_whole("id"),
+                    _sql_whole("slot"),
+                    _sql_text("source"),
+                    _sql_text("created"),
+                    _sql_json("hashes", "object"),
+                    _sql_json("stamps", "object"),
+                ),
+                self._generation,
+            ),
+            (
+                "journal",
+                "id, operation, args, started, ended, status, message, pid, pid_start, plan",
+                _sql_any(
+                    _sql_whole("id"),
+                    *(_sql_text(c) for c in ("operation", "started")),
+                    *(_sql_text(c, null=True) for c in ("ended", "message")),
+                    "status IS NULL OR status NOT IN ({})".format(
+                        ", ".join(f"'{s}'" for s in JOURNAL_STATUSES)
+                    ),
+                    _sql_json("args", "object"),
+                    _sql_json("plan", "array"),
+                ),
+                self._journal_row,
+            ),
+            (
+                "journal_steps",
+                "op, seq, at, step, status",
+                _sql_any(*(_sql_text(c) for c in ("at", "step", "status"))),
+                journal_step,
+            ),
+            (
+                "incomplete",
+                "guest, operation, op, since",
+                _sql_any(
+                    *(_sql_text(c) for c in ("guest", "operation", "since")),
+                    _sql_whole("op", null=True),
+                ),
+                self._incomplete,
+            ),
+        ]
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One snapshot for a series of reads."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("ROLLBACK")
 
     def _create(self) -> None:
         self.db.execute("PRAGMA journal_mode = WAL")
@@ -197,11 +429,17 @@ class State:
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _upgrade(self) -> None:
+        # Rows checked again inside the upgrade, which another writer may have done
+        # while this one waited for the transaction.
         with self.transaction():
-            self._script(UPGRADE_1)
-            self.db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-            )
+            if self._version() == 1:
+                self._script(UPGRADE_1)
+                self.db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+            self._check_tables(TABLES)
+            self.check_rows()
 
     def _script(self, script: str) -> None:
         for statement in script.split(";"):
@@ -210,6 +448,8 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+        if self._snapshot is not None:
+            self._snapshot.cleanup()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -239,7 +479,10 @@ class State:
         return [self._guest(r) for r in rows]
 
     def _guest(self, row: Sequence[Any]) -> GuestRow:
-        return GuestRow(row[0], _enum(self.path, Role, row[1], "guests", row[0]), row[2])
+        r = _Row(self.path, "guests", row[0])
+        return GuestRow(
+            r.text("name", row[0]), r.enum("role", Role, row[1]), r.text("created", row[2])
+        )
 
     # disks ------------------------------------------------------------------
     def add_disk(self, disk: DiskRow) -> None:
@@ -318,12 +561,20 @@ class State:
         )
 
     def slots(self) -> list[SlotRow]:
-        rows = self.db.execute("SELECT * FROM slots ORDER BY slot").fetchall()
-        return [SlotRow(r[0], r[1], r[2]) for r in rows]
+        rows = self.db.execute("SELECT slot, holder, generation FROM slots ORDER BY slot")
+        return [self._slot(r) for r in rows.fetchall()]
+
+    def _slot(self, row: Sequence[Any]) -> SlotRow:
+        r = _Row(self.path, "slots", row[0])
+        return SlotRow(
+            r.whole("slot", row[0]),
+            r.text("holder", row[1]),
+            r.whole("generation", row[2], null=True),
+        )
 
     def current_slot(self) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'current_slot'").fetchone()
-        return int(row[0]) if row else None
+        return _Row(self.path, "meta", "current_slot").whole("value", row[0]) if row else None
 
     def set_current_slot(self, slot: int) -> None:
         self.db.execute(
@@ -374,16 +625,17 @@ class State:
             "SELECT id, slot, source, created, hashes, stamps FROM generations WHERE id = ?",
             (gen,),
         ).fetchone()
-        if row is None:
-            return None
-        where = f"generations, row {row[0]}"
+        return self._generation(row) if row else None
+
+    def _generation(self, row: Sequence[Any]) -> GenerationRow:
+        r = _Row(self.path, "generations", row[0])
         return GenerationRow(
-            int(row[0]),
-            int(row[1]),
-            str(row[2]),
-            str(row[3]),
-            _json(self.path, row[4], where, dict),
-            _json(self.path, row[5], where, dict),
+            r.whole("id", row[0]),
+            r.whole("slot", row[1]),
+            r.text("source", row[2]),
+            r.text("created", row[3]),
+            r.json("hashes", row[4], dict),
+            r.json("stamps", row[5], dict),
         )
 
     # sets being written ------------------------------------------------------
@@ -400,7 +652,16 @@ class State:
 
     def incomplete(self) -> dict[str, IncompleteRow]:
         rows = self.db.execute("SELECT guest, operation, op, since FROM incomplete").fetchall()
-        return {r[0]: IncompleteRow(r[0], r[1], r[2], r[3]) for r in rows}
+        return {row[0]: self._incomplete(row) for row in rows}
+
+    def _incomplete(self, row: Sequence[Any]) -> IncompleteRow:
+        r = _Row(self.path, "incomplete", row[0])
+        return IncompleteRow(
+            r.text("guest", row[0]),
+            r.text("operation", row[1]),
+            r.whole("op", row[2], null=True),
+            r.text("since", row[3]),
+        )
 
     # journal ----------------------------------------------------------------
     def journal_start(self, operation: str, args: dict[str, Any], plan: list[str]) -> int:
@@ -450,20 +711,29 @@ class State:
         ).fetchone()
         return self._journal_row(row) if row else None
 
-    def _journal_row(self, r: Sequence[Any]) -> JournalRow:
-        where = f"journal, row {r[0]}"
-        status = str(r[5])
+    def _journal_row(self, row: Sequence[Any]) -> JournalRow:
+        r = _Row(self.path, "journal", row[0])
+        op = r.whole("id", row[0])
+        status = r.text("status", row[5])
         if status not in JOURNAL_STATUSES:
-            raise StoreError(f"{self.path}: {where}: unknown status {status!r}")
-        message = r[6]
-        plan = _json(self.path, r[9], where, list)
-        if status == "running" and not _alive(r[7], r[8]):
+            raise StoreError(f"{self.path}: table journal, row {op}: unknown status {status!r}")
+        message = r.text("message", row[6], null=True)
+        plan = [str(p) for p in r.json("plan", row[9], list)]
+        if status == "running" and not _alive(row[7], row[8]):
             status = "interrupted"
-            message = self._interrupted_at(int(r[0]), plan)
-        args = _json(self.path, r[2], where, dict)
-        return JournalRow(r[0], r[1], args, r[3], r[4], status, message, [str(p) for p in plan])
+            message = self._interrupted_at(op, plan)
+        return JournalRow(
+            op,
+            r.text("operation", row[1]),
+            r.json("args", row[2], dict),
+            r.text("started", row[3]),
+            r.text("ended", row[4], null=True),
+            status,
+            message,
+            plan,
+        )
 
-    def _interrupted_at(self, op: int, plan: list[Any]) -> str:
+    def _interrupted_at(self, op: int, plan: list[str]) -> str:
         done = len([s for s in self.journal_steps(op) if s[2] == "done"])
         if done < len(plan):
             return f"interrupted at step {done + 1} of {len(plan)}: {plan[done]}"
@@ -482,9 +752,13 @@ class State:
 
     def journal_steps(self, op: int) -> list[tuple[str, str, str]]:
         rows = self.db.execute(
-            "SELECT at, step, status FROM journal_steps WHERE op = ? ORDER BY seq", (op,)
+            "SELECT seq, at, step, status FROM journal_steps WHERE op = ? ORDER BY seq", (op,)
         ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+        out = []
+        for row in rows:
+            r = _Row(self.path, "journal_steps", f"{op} {row[0]}")
+            out.append((r.text("at", row[1]), r.text("step", row[2]), r.text("status", row[3])))
+        return out
 
     def last_success(self, operation: str) -> str | None:
         """When `operation` last ended well, or None."""
@@ -501,34 +775,106 @@ class State:
 
     # rows -------------------------------------------------------------------
     def _disk(self, row: Sequence[Any]) -> DiskRow:
-        kind = _enum(self.path, DiskKind, row[2], "disks", f"{row[0]} {row[1]}")
-        if not isinstance(row[4], int) or not isinstance(row[5], str):
-            raise StoreError(f"{self.path}: table disks, row {row[0]} {row[1]}: malformed")
-        return DiskRow(row[0], row[1], kind, row[3], row[4], row[5])
+        r = _Row(self.path, "disks", f"{row[0]} {row[1]}")
+        return DiskRow(
+            r.text("owner", row[0]),
+            r.text("address", row[1]),
+            r.enum("kind", DiskKind, row[2]),
+            r.text("fs", row[3], null=True),
+            r.whole("size", row[4]),
+            r.text("file", row[5]),
+        )
 
     def _link(self, row: Sequence[Any]) -> LinkRow:
-        mode = _enum(self.path, Mode, row[4], "links", f"{row[0]} {row[1]}")
-        return LinkRow(row[0], row[1], row[2], row[3], mode)
+        r = _Row(self.path, "links", f"{row[0]} {row[1]}")
+        return LinkRow(
+            r.text("guest", row[0]),
+            r.text("address", row[1]),
+            r.text("owner", row[2]),
+            r.text("owner_address", row[3]),
+            r.enum("mode", Mode, row[4]),
+        )
 
 
 E = TypeVar("E", bound=StrEnum)
 
 
-def _enum(path: Path, enum: type[E], value: Any, table: str, row: str) -> E:
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(e.value for e in enum)
-        raise StoreError(
-            f"{path}: table {table}, row {row}: {value!r} is not one of {allowed}"
-        ) from None
+# SQL conditions for a cell that is not what sharedroot writes (see State.check_rows).
+def _sql_any(*conditions: str) -> str:
+    return " OR ".join(f"({c})" for c in conditions)
 
 
-def _json(path: Path, text: Any, where: str, kind: type) -> Any:
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        raise StoreError(f"{path}: {where}: {str(text)[:40]!r} is not JSON") from None
-    if not isinstance(value, kind):
-        raise StoreError(f"{path}: {where}: expected a JSON {kind.__name__}")
-    return value
+def _sql_text(column: str, *, null: bool = False) -> str:
+    wrong = f"typeof({column}) != 'text'"
+    return f"{column} IS NOT NULL AND {wrong}" if null else wrong
+
+
+def _sql_whole(column: str, *, null: bool = False) -> str:
+    wrong = f"typeof({column}) != 'integer'"
+    return f"{column} IS NOT NULL AND {wrong}" if null else wrong
+
+
+def _sql_enum(column: str, enum: type[StrEnum]) -> str:
+    values = ", ".join(f"'{e.value}'" for e in enum)
+    return f"{column} IS NULL OR {column} NOT IN ({values})"
+
+
+def _sql_json(column: str, kind: str) -> str:
+    # CASE, not OR: json_type() raises on malformed JSON, and OR need not short-circuit.
+    return (
+        f"CASE WHEN typeof({column}) = 'text' AND json_valid({column})"
+        f" THEN json_type({column}) != '{kind}' ELSE 1 END"
+    )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Decodes one row's cells; a cell that is not what sharedroot wrote is reported
+    with the file, table, row and column, never passed on."""
+
+    path: Path
+    table: str
+    row: object
+
+    def _bad(self, what: str) -> StoreError:
+        return StoreError(f"{self.path}: table {self.table}, row {self.row}: {what}")
+
+    def _present(self, column: str, value: Any) -> None:
+        if value is None:
+            raise self._bad(f"{column} is NULL")
+
+    def text(self, column: str, value: Any, *, null: bool = False) -> Any:
+        if value is None and null:
+            return None
+        self._present(column, value)
+        if not isinstance(value, str):
+            raise self._bad(f"{column} {value!r} is not text")
+        return value
+
+    def whole(self, column: str, value: Any, *, null: bool = False) -> Any:
+        if value is None and null:
+            return None
+        self._present(column, value)
+        if isinstance(value, str) and value.isdecimal():
+            return int(value)  # meta keeps numbers as text
+        if not isinstance(value, int):
+            raise self._bad(f"{column} {value!r} is not a whole number")
+        return value
+
+    def enum(self, column: str, enum: type[E], value: Any) -> E:
+        self._present(column, value)
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(e.value for e in enum)
+            raise self._bad(f"{column} {value!r} is not one of {allowed}") from None
+
+    def json(self, column: str, value: Any, kind: type) -> Any:
+        self._present(column, value)
+        try:
+            decoded = json.loads(value)
+        except (TypeError, ValueError):
+            raise self._bad(f"{column} {str(value)[:40]!r} is not JSON") from None
+        if not isinstance(decoded, kind):
+            raise self._bad(f"{column}: expected a JSON {'object' if kind is dict else 'array'}")
+        return decoded
