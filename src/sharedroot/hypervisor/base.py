@@ -8,7 +8,7 @@ from typing import Protocol
 
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.model.types import DiskKind, GuestState, Mode, Role
-from sharedroot.store.state import DiskRow, LinkRow
+from sharedroot.store.rows import DiskRow, LinkRow
 
 
 @dataclass(frozen=True)

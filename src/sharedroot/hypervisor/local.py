@@ -10,10 +10,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import stat
 from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.files import regular_file, run_directory
 from sharedroot.hypervisor import qemu
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
@@ -21,7 +21,8 @@ from sharedroot.hypervisor.ipl import extract_boot_files
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
 from sharedroot.model.types import DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
-from sharedroot.store.state import DiskRow, LinkRow, State
+from sharedroot.store.rows import DiskRow, LinkRow
+from sharedroot.store.state import State
 
 ADMIN_DISK_SIZE = 16 << 20
 
@@ -58,14 +59,7 @@ def check_image(path: Path, size: int, what: str) -> None:
 
     A truncated or replaced image is never copied onward as if it were good.
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise OperationError(f"{what}: image {path} is missing") from None
-    except OSError as exc:
-        raise OperationError(f"{what}: image {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise OperationError(f"{what}: image {path} is not a regular file; the store is damaged")
+    st = regular_file(path, OperationError, what=f"{what}: image ")
     if st.st_size != size:
         raise OperationError(
             f"{what}: image {path} is {st.st_size} bytes, the store records {size}:"
@@ -121,7 +115,7 @@ class LocalBackend:
 
     def take_lock(self, guest: str) -> int:
         """Take the guest's run lock (LOGON); the returned fd must be passed to its process."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_directory(self.run_dir)
         fd = os.open(self.lock_path(guest), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,7 +258,7 @@ class LocalBackend:
 
     def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
         return [
-            f"{d.address} ({d.path})"
+            f"{d.address} ({d.path}{'' if not d.path.exists() else ': not a regular file'})"
             for d in self._attached(guest)
             if (addresses is None or d.address in addresses) and not d.path.is_file()
         ]
@@ -274,7 +268,7 @@ class LocalBackend:
         self._require_logged_off(guest)
         missing = self.missing_devices(guest)
         if missing:
-            raise RefusedError(f"{guest}: disk images are missing: {', '.join(missing)}")
+            raise RefusedError(f"{guest}: disk images are missing or damaged: {', '.join(missing)}")
         drives = self._attached(guest)
         boot = next((d for d in drives if d.address == request.boot_address), None)
         if boot is None:

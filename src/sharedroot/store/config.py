@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharedroot.errors import InputError
+from sharedroot.errors import InputError, StoreError
+from sharedroot.files import regular_file
 from sharedroot.model.layout import (
     PAPER_LAYOUT,
     DiskSpec,
@@ -149,10 +150,11 @@ def _guest(value: Any, where: str) -> str:
 
 def load_config(path: Path) -> SiteConfig:
     """Read and validate site.toml; every error names the file, the key and the rule."""
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: no site here; run `sharedroot init` first")
+    regular_file(path, StoreError)  # a FIFO would hang the read
     try:
         raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no site here; run `sharedroot init` first") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: malformed TOML: {_one_line(str(exc))}") from None
     except (OSError, UnicodeDecodeError) as exc:

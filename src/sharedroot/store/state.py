@@ -2,103 +2,34 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
-import sqlite3
-import stat
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sharedroot.errors import StoreError
 from sharedroot.model.types import DiskKind, Mode, Role
-from sharedroot.store.schema import (
-    JOURNAL_STATUSES,
-    SCHEMA,
-    SCHEMA_VERSION,
-    TABLES,
-    TABLES_1,
-    UPGRADE_1,
-    VIEWS_1,
+from sharedroot.store.database import Database
+from sharedroot.store.rows import (
+    DiskRow,
+    GenerationRow,
+    GuestRow,
+    IncompleteRow,
+    JournalRow,
+    LinkRow,
+    RowReader,
+    SlotRow,
+    now,
+    sql_any,
+    sql_enum,
+    sql_json,
+    sql_text,
+    sql_whole,
 )
+from sharedroot.store.schema import JOURNAL_STATUSES
 
 STATE_FILE = "state.db"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class GuestRow:
-    name: str
-    role: Role
-    created: str
-
-
-@dataclass(frozen=True)
-class DiskRow:
-    owner: str
-    address: str
-    kind: DiskKind
-    fs: str | None
-    size: int
-    file: str  # relative to the store's home
-
-
-@dataclass(frozen=True)
-class LinkRow:
-    guest: str
-    address: str
-    owner: str
-    owner_address: str
-    mode: Mode
-
-
-@dataclass(frozen=True)
-class SlotRow:
-    slot: int
-    holder: str
-    generation: int | None
-
-
-@dataclass(frozen=True)
-class JournalRow:
-    id: int
-    operation: str
-    args: dict[str, Any]
-    started: str
-    ended: str | None
-    status: str  # running, ok, failed, interrupted (its process died)
-    message: str | None
-    plan: list[str]
-
-
-@dataclass(frozen=True)
-class GenerationRow:
-    id: int
-    slot: int
-    source: str
-    created: str
-    hashes: dict[str, str]  # address -> content hash
-    stamps: dict[str, list[int]]  # address -> [size, mtime_ns] when recorded
-
-
-@dataclass(frozen=True)
-class IncompleteRow:
-    """A guest whose disks were being written as a set when its operation stopped."""
-
-    guest: str
-    operation: str
-    op: int | None
-    since: str
 
 
 def process_start(pid: int) -> str | None:
@@ -114,203 +45,8 @@ def _alive(pid: int | None, started: str | None) -> bool:
     return pid is not None and process_start(pid) == started
 
 
-def _regular_file(path: Path) -> None:
-    """Refuse anything but a regular file before SQLite opens it (a FIFO would hang)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise StoreError(f"{path}: missing; the store is incomplete") from None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{path}: not a regular file; the store is damaged")
-    if st.st_size == 0:
-        raise StoreError(
-            f"{path}: empty (0 bytes), not a sharedroot database; the store is damaged"
-        )
-
-
-SQLITE_MAGIC = b"SQLite format 3\0"
-
-
-def _wal_pending(path: Path) -> bool:
-    """Committed changes wait in the write-ahead log (not yet in the file itself)."""
-    try:
-        return os.stat(f"{path}-wal").st_size > 0
-    except OSError:
-        return False
-
-
-def _whole_file(path: Path) -> None:
-    """Refuse a file that is not SQLite's, or shorter than its own header says.
-
-    SQLite reads missing pages as zeros and may not notice until a query meets them;
-    the header's page count tells at once.  Skipped while the write-ahead log holds
-    changes: a checkpoint cut short leaves the file behind its header, legitimately.
-    """
-    with open(path, "rb") as f:
-        head = f.read(100)
-        size = os.fstat(f.fileno()).st_size
-    if not head.startswith(SQLITE_MAGIC):
-        raise StoreError(f"{path}: not a sharedroot database (not an SQLite file)")
-    if len(head) < 100:
-        raise StoreError(f"{path}: truncated to {size} bytes; the store is damaged")
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(head[28:32], "big")
-    valid = pages > 0 and head[24:28] == head[92:96]
-    if valid and size < pages * page_size and not _wal_pending(path):
-        raise StoreError(
-            f"{path}: truncated to {size} bytes, its header says {pages * page_size};"
-            " the store is damaged"
-        )
-
-
-def _writable(path: Path) -> None:
-    """A writer needs the file and its directory (SQLite's WAL lives beside it)."""
-    for where in (path, path.parent):
-        if not os.access(where, os.W_OK):
-            code = errno.EROFS if os.statvfs(where).f_flag & os.ST_RDONLY else errno.EACCES
-            raise StoreError(
-                f"{where}: cannot write ({os.strerror(code).lower()}); this command changes"
-                " the store, commands that only read it still work"
-            )
-
-
-class State:
-    """One connection to state.db; writes happen inside `transaction()`.
-
-    An existing store is opened as it is: a file that is not a sharedroot database,
-    one cut short or damaged, or one missing tables, is reported, never rebuilt over.
-    `readonly` opens it without writing a byte (reading commands, a read-only store);
-    otherwise every row is checked first, so nothing is written into a damaged store.
-    """
-
-    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
-        self.path = path
-        self.readonly = readonly
-        self._snapshot: tempfile.TemporaryDirectory[str] | None = None
-        if not create:
-            _regular_file(path)
-            _whole_file(path)
-            if not readonly:
-                _writable(path)
-                # Every check on a connection that cannot write: closing a read-write
-                # one may checkpoint, so a refused writer would still move bytes.
-                State(path, readonly=True).close_checked()
-        try:
-            self.db = self._connect(path, create=create, readonly=readonly)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{path}: damaged or not a sharedroot database ({exc})") from None
-        try:
-            self.db.execute("PRAGMA foreign_keys = ON")
-            if create:
-                self._create()
-            else:
-                self._open()
-        except BaseException as exc:
-            self.close()  # now, not whenever the collector comes
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{path}: damaged or not a sharedroot database ({exc})") from None
-            raise
-
-    def _open(self) -> None:
-        """Check an existing store before anything reads it (or writes to it)."""
-        if self.readonly:  # a writer's read-only look did this already
-            found = self.db.execute("PRAGMA quick_check(1)").fetchone()
-            if found is None or found[0] != "ok":
-                lines = str(found[0] if found else "no answer").splitlines()
-                detail = " ".join(x.strip() for x in lines if x.strip() and not x.startswith("***"))
-                raise StoreError(f"{self.path}: damaged (SQLite's quick_check: {detail})")
-        version = self._version()
-        if version == 1:
-            self._check_tables(TABLES_1)
-            if self.readonly:
-                self._script(VIEWS_1)  # read as it is: a reader writes nothing
-            else:
-                self._upgrade()
-        elif version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: schema version {version}, this sharedroot knows {SCHEMA_VERSION}"
-            )
-        else:
-            self._check_tables(TABLES)
-
-    def close_checked(self) -> None:
-        """Decode every row, then close (a writer's look before it opens to write)."""
-        try:
-            with self._reading():
-                self.check_rows()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: damaged or not a sharedroot database ({exc})") from None
-        finally:
-            self.close()
-
-    def _connect(self, path: Path, *, create: bool, readonly: bool) -> sqlite3.Connection:
-        # Rollouts wait for guests in threads; SQLite itself serialises the connection.
-        if not readonly:
-            mode = "rwc" if create else "rw"
-            return sqlite3.connect(
-                f"file:{path}?mode={mode}",
-                uri=True,
-                isolation_level=None,
-                timeout=30,
-                check_same_thread=False,
-            )
-        db = self._connect_ro(f"file:{path}?mode=ro")
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
-            # A WAL database in a directory we cannot write (no -shm to share).
-            db.close()
-            if _wal_pending(path):
-                return self._connect_ro(f"file:{self._copy(path)}?mode=ro")
-            return self._connect_ro(f"file:{path}?mode=ro&immutable=1")
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    @staticmethod
-    def _connect_ro(uri: str) -> sqlite3.Connection:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA temp_store = MEMORY")  # the views of an older schema
-        return db
-
-    def _copy(self, path: Path) -> Path:
-        """Copy the file and its WAL where SQLite may index the WAL, and read that.
-
-        Opened as immutable, the file alone would show the store without the changes
-        its WAL holds.  Copied again if either changed meanwhile (a writer with other
-        rights than ours), so the two always belong together.
-        """
-        self._snapshot = tempfile.TemporaryDirectory(prefix="sharedroot-state-")
-        copy = Path(self._snapshot.name) / path.name
-        wal = Path(f"{path}-wal")
-        for _ in range(10):
-            before = [(s.st_size, s.st_mtime_ns) for s in (path.stat(), wal.stat())]
-            shutil.copyfile(path, copy)
-            shutil.copyfile(wal, f"{copy}-wal")
-            if before == [(s.st_size, s.st_mtime_ns) for s in (path.stat(), wal.stat())]:
-                return copy
-        raise StoreError(f"{path}: changing while being read; try again")
-
-    def _version(self) -> int | None:
-        row = self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"{self.path}: not a sharedroot database (no table meta)")
-        got = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if got is None or not str(got[0]).isdecimal():
-            raise StoreError(f"{self.path}: no valid schema_version in table meta")
-        return int(got[0])
-
-    def _check_tables(self, tables: Sequence[str]) -> None:
-        have = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = [t for t in tables if t not in have]
-        if missing:
-            raise StoreError(f"{self.path}: table {missing[0]} is missing; the store is damaged")
+class State(Database):
+    """The tables of state.db; writes happen inside `transaction()`."""
 
     def check_rows(self) -> None:
         """Every row is what sharedroot wrote: a writer builds on nothing it could not
@@ -329,7 +65,7 @@ class State:
 
     def _row_checks(self) -> list[tuple[str, str, str, Callable[[Sequence[Any]], object]]]:
         def journal_step(row: Sequence[Any]) -> None:
-            r = _Row(self.path, "journal_steps", f"{row[0]} {row[1]}")
+            r = RowReader(self.path, "journal_steps", f"{row[0]} {row[1]}")
             for column, value in zip(("at", "step", "status"), row[2:], strict=True):
                 r.text(column, value)
 
@@ -337,131 +73,79 @@ class State:
             (
                 "guests",
                 "name, role, created",
-                _sql_any(_sql_text("name"), _sql_enum("role", Role), _sql_text("created")),
+                sql_any(sql_text("name"), sql_enum("role", Role), sql_text("created")),
                 self._guest,
             ),
             (
                 "disks",
                 "owner, address, kind, fs, size, file",
-                _sql_any(
-                    *(_sql_text(c) for c in ("owner", "address", "file")),
-                    _sql_enum("kind", DiskKind),
-                    _sql_text("fs", null=True),
-                    _sql_whole("size"),
+                sql_any(
+                    *(sql_text(c) for c in ("owner", "address", "file")),
+                    sql_enum("kind", DiskKind),
+                    sql_text("fs", null=True),
+                    sql_whole("size"),
                 ),
                 self._disk,
             ),
             (
                 "links",
                 "guest, address, owner, owner_address, mode",
-                _sql_any(
-                    *(_sql_text(c) for c in ("guest", "address", "owner", "owner_address")),
-                    _sql_enum("mode", Mode),
+                sql_any(
+                    *(sql_text(c) for c in ("guest", "address", "owner", "owner_address")),
+                    sql_enum("mode", Mode),
                 ),
                 self._link,
             ),
             (
                 "slots",
                 "slot, holder, generation",
-                _sql_any(
-                    _sql_whole("slot"), _sql_text("holder"), _sql_whole("generation", null=True)
-                ),
+                sql_any(sql_whole("slot"), sql_text("holder"), sql_whole("generation", null=True)),
                 self._slot,
             ),
             (
                 "generations",
                 "id, slot, source, created, hashes, stamps",
-                _sql_any(
-                    _sql_whole("id"),
-                    _sql_whole("slot"),
-                    _sql_text("source"),
-                    _sql_text("created"),
-                    _sql_json("hashes", "object"),
-                    _sql_json("stamps", "object"),
+                sql_any(
+                    sql_whole("id"),
+                    sql_whole("slot"),
+                    sql_text("source"),
+                    sql_text("created"),
+                    sql_json("hashes", "object"),
+                    sql_json("stamps", "object"),
                 ),
                 self._generation,
             ),
             (
                 "journal",
                 "id, operation, args, started, ended, status, message, pid, pid_start, plan",
-                _sql_any(
-                    _sql_whole("id"),
-                    *(_sql_text(c) for c in ("operation", "started")),
-                    *(_sql_text(c, null=True) for c in ("ended", "message")),
+                sql_any(
+                    sql_whole("id"),
+                    *(sql_text(c) for c in ("operation", "started")),
+                    *(sql_text(c, null=True) for c in ("ended", "message")),
                     "status IS NULL OR status NOT IN ({})".format(
                         ", ".join(f"'{s}'" for s in JOURNAL_STATUSES)
                     ),
-                    _sql_json("args", "object"),
-                    _sql_json("plan", "array"),
+                    sql_json("args", "object"),
+                    sql_json("plan", "array"),
                 ),
                 self._journal_row,
             ),
             (
                 "journal_steps",
                 "op, seq, at, step, status",
-                _sql_any(*(_sql_text(c) for c in ("at", "step", "status"))),
+                sql_any(*(sql_text(c) for c in ("at", "step", "status"))),
                 journal_step,
             ),
             (
                 "incomplete",
                 "guest, operation, op, since",
-                _sql_any(
-                    *(_sql_text(c) for c in ("guest", "operation", "since")),
-                    _sql_whole("op", null=True),
+                sql_any(
+                    *(sql_text(c) for c in ("guest", "operation", "since")),
+                    sql_whole("op", null=True),
                 ),
                 self._incomplete,
             ),
         ]
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """One snapshot for a series of reads."""
-        self.db.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self.db.execute("ROLLBACK")
-
-    def _create(self) -> None:
-        self.db.execute("PRAGMA journal_mode = WAL")
-        with self.transaction():
-            self._script(SCHEMA)
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
-    def _upgrade(self) -> None:
-        # Rows checked again inside the upgrade, which another writer may have done
-        # while this one waited for the transaction.
-        with self.transaction():
-            if self._version() == 1:
-                self._script(UPGRADE_1)
-                self.db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                    (str(SCHEMA_VERSION),),
-                )
-            self._check_tables(TABLES)
-            self.check_rows()
-
-    def _script(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
-
-    def close(self) -> None:
-        self.db.close()
-        if self._snapshot is not None:
-            self._snapshot.cleanup()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        if self.readonly:
-            raise StoreError(f"{self.path}: opened read-only; this command cannot change it")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     # guests -----------------------------------------------------------------
     def add_guest(self, name: str, role: Role) -> None:
@@ -479,7 +163,7 @@ class State:
         return [self._guest(r) for r in rows]
 
     def _guest(self, row: Sequence[Any]) -> GuestRow:
-        r = _Row(self.path, "guests", row[0])
+        r = RowReader(self.path, "guests", row[0])
         return GuestRow(
             r.text("name", row[0]), r.enum("role", Role, row[1]), r.text("created", row[2])
         )
@@ -565,7 +249,7 @@ class State:
         return [self._slot(r) for r in rows.fetchall()]
 
     def _slot(self, row: Sequence[Any]) -> SlotRow:
-        r = _Row(self.path, "slots", row[0])
+        r = RowReader(self.path, "slots", row[0])
         return SlotRow(
             r.whole("slot", row[0]),
             r.text("holder", row[1]),
@@ -574,7 +258,7 @@ class State:
 
     def current_slot(self) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'current_slot'").fetchone()
-        return _Row(self.path, "meta", "current_slot").whole("value", row[0]) if row else None
+        return RowReader(self.path, "meta", "current_slot").whole("value", row[0]) if row else None
 
     def set_current_slot(self, slot: int) -> None:
         self.db.execute(
@@ -628,7 +312,7 @@ class State:
         return self._generation(row) if row else None
 
     def _generation(self, row: Sequence[Any]) -> GenerationRow:
-        r = _Row(self.path, "generations", row[0])
+        r = RowReader(self.path, "generations", row[0])
         return GenerationRow(
             r.whole("id", row[0]),
             r.whole("slot", row[1]),
@@ -655,7 +339,7 @@ class State:
         return {row[0]: self._incomplete(row) for row in rows}
 
     def _incomplete(self, row: Sequence[Any]) -> IncompleteRow:
-        r = _Row(self.path, "incomplete", row[0])
+        r = RowReader(self.path, "incomplete", row[0])
         return IncompleteRow(
             r.text("guest", row[0]),
             r.text("operation", row[1]),
@@ -712,7 +396,7 @@ class State:
         return self._journal_row(row) if row else None
 
     def _journal_row(self, row: Sequence[Any]) -> JournalRow:
-        r = _Row(self.path, "journal", row[0])
+        r = RowReader(self.path, "journal", row[0])
         op = r.whole("id", row[0])
         status = r.text("status", row[5])
         if status not in JOURNAL_STATUSES:
@@ -756,7 +440,7 @@ class State:
         ).fetchall()
         out = []
         for row in rows:
-            r = _Row(self.path, "journal_steps", f"{op} {row[0]}")
+            r = RowReader(self.path, "journal_steps", f"{op} {row[0]}")
             out.append((r.text("at", row[1]), r.text("step", row[2]), r.text("status", row[3])))
         return out
 
@@ -775,7 +459,7 @@ class State:
 
     # rows -------------------------------------------------------------------
     def _disk(self, row: Sequence[Any]) -> DiskRow:
-        r = _Row(self.path, "disks", f"{row[0]} {row[1]}")
+        r = RowReader(self.path, "disks", f"{row[0]} {row[1]}")
         return DiskRow(
             r.text("owner", row[0]),
             r.text("address", row[1]),
@@ -786,7 +470,7 @@ class State:
         )
 
     def _link(self, row: Sequence[Any]) -> LinkRow:
-        r = _Row(self.path, "links", f"{row[0]} {row[1]}")
+        r = RowReader(self.path, "links", f"{row[0]} {row[1]}")
         return LinkRow(
             r.text("guest", row[0]),
             r.text("address", row[1]),
@@ -794,87 +478,3 @@ class State:
             r.text("owner_address", row[3]),
             r.enum("mode", Mode, row[4]),
         )
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-# SQL conditions for a cell that is not what sharedroot writes (see State.check_rows).
-def _sql_any(*conditions: str) -> str:
-    return " OR ".join(f"({c})" for c in conditions)
-
-
-def _sql_text(column: str, *, null: bool = False) -> str:
-    wrong = f"typeof({column}) != 'text'"
-    return f"{column} IS NOT NULL AND {wrong}" if null else wrong
-
-
-def _sql_whole(column: str, *, null: bool = False) -> str:
-    wrong = f"typeof({column}) != 'integer'"
-    return f"{column} IS NOT NULL AND {wrong}" if null else wrong
-
-
-def _sql_enum(column: str, enum: type[StrEnum]) -> str:
-    values = ", ".join(f"'{e.value}'" for e in enum)
-    return f"{column} IS NULL OR {column} NOT IN ({values})"
-
-
-def _sql_json(column: str, kind: str) -> str:
-    # CASE, not OR: json_type() raises on malformed JSON, and OR need not short-circuit.
-    return (
-        f"CASE WHEN typeof({column}) = 'text' AND json_valid({column})"
-        f" THEN json_type({column}) != '{kind}' ELSE 1 END"
-    )
-
-
-@dataclass(frozen=True)
-class _Row:
-    """Decodes one row's cells; a cell that is not what sharedroot wrote is reported
-    with the file, table, row and column, never passed on."""
-
-    path: Path
-    table: str
-    row: object
-
-    def _bad(self, what: str) -> StoreError:
-        return StoreError(f"{self.path}: table {self.table}, row {self.row}: {what}")
-
-    def _present(self, column: str, value: Any) -> None:
-        if value is None:
-            raise self._bad(f"{column} is NULL")
-
-    def text(self, column: str, value: Any, *, null: bool = False) -> Any:
-        if value is None and null:
-            return None
-        self._present(column, value)
-        if not isinstance(value, str):
-            raise self._bad(f"{column} {value!r} is not text")
-        return value
-
-    def whole(self, column: str, value: Any, *, null: bool = False) -> Any:
-        if value is None and null:
-            return None
-        self._present(column, value)
-        if isinstance(value, str) and value.isdecimal():
-            return int(value)  # meta keeps numbers as text
-        if not isinstance(value, int):
-            raise self._bad(f"{column} {value!r} is not a whole number")
-        return value
-
-    def enum(self, column: str, enum: type[E], value: Any) -> E:
-        self._present(column, value)
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(e.value for e in enum)
-            raise self._bad(f"{column} {value!r} is not one of {allowed}") from None
-
-    def json(self, column: str, value: Any, kind: type) -> Any:
-        self._present(column, value)
-        try:
-            decoded = json.loads(value)
-        except (TypeError, ValueError):
-            raise self._bad(f"{column} {str(value)[:40]!r} is not JSON") from None
-        if not isinstance(decoded, kind):
-            raise self._bad(f"{column}: expected a JSON {'object' if kind is dict else 'array'}")
-        return decoded

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sharedroot import hypervisor
-from sharedroot.errors import InputError, OperationError, RefusedError, SharedrootError
+from sharedroot.errors import (
+    InputError,
+    OperationError,
+    RefusedError,
+    SharedrootError,
+    StoreError,
+)
+from sharedroot.files import run_directory
 from sharedroot.hypervisor.base import Hypervisor
 from sharedroot.hypervisor.copyengine import Progress
 from sharedroot.run import children_inherit
@@ -78,6 +85,8 @@ class Site:
     @classmethod
     def open(cls, home: Path, *, readonly: bool = False) -> Site:
         """An existing store; `readonly` for commands that only read (writes nothing)."""
+        if not (home / SITE_FILE).exists() and (home / STATE_FILE).exists():
+            raise StoreError(f"{home / SITE_FILE}: missing; the store is incomplete")
         config = load_config(home / SITE_FILE)
         return cls(home, config, State(home / STATE_FILE, readonly=readonly))
 
@@ -112,7 +121,7 @@ class Site:
         (not when it will write nothing: a dry run).
         """
         run_dir = self.home / "run"
-        run_dir.mkdir(exist_ok=True)
+        run_directory(run_dir)
         fd = os.open(run_dir / "site.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             wait = lock_wait()

@@ -48,14 +48,14 @@ def has_disks(site: Site, guest: str, addresses: Iterable[str]) -> None:
         raise RefusedError(f"{guest} has no disk at {', '.join(missing)}")
     lost = site.hv.missing_devices(guest, wanted)
     if lost:
-        raise RefusedError(f"{guest}: disk images are missing: {', '.join(lost)}")
+        raise RefusedError(f"{guest}: disk images are missing or damaged: {', '.join(lost)}")
 
 
 def devices_present(site: Site, guest: str) -> None:
     """Every disk a guest would attach, its own or linked, is there."""
     lost = site.hv.missing_devices(guest)
     if lost:
-        raise RefusedError(f"{guest}: disk images are missing: {', '.join(lost)}")
+        raise RefusedError(f"{guest}: disk images are missing or damaged: {', '.join(lost)}")
 
 
 def rerun_hint(site: Site, operation: str, op: int | None) -> str:
