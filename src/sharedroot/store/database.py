@@ -144,7 +144,7 @@ class Database:
     def close_checked(self) -> None:
         """Decode every row, then close (a writer's look before it opens to write)."""
         try:
-            with self._reading():
+            with self.reading():
                 self.check_rows()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: damaged or not a sharedroot database ({exc})") from None
@@ -222,7 +222,7 @@ class Database:
         raise NotImplementedError
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def reading(self) -> Iterator[None]:
         """One snapshot for a series of reads."""
         self.db.execute("BEGIN")
         try:

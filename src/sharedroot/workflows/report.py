@@ -10,6 +10,11 @@ from sharedroot.workflows.guards import rerun_hint
 
 
 def guests(site: Site) -> list[dict[str, Any]]:
+    with site.state.reading():  # one snapshot: a racing writer shows before or after
+        return _guests(site)
+
+
+def _guests(site: Site) -> list[dict[str, Any]]:
     disks: dict[str, list[dict[str, Any]]] = {}
     for d in site.state.disks():
         disks.setdefault(d.owner, []).append(
@@ -51,7 +56,12 @@ def guests(site: Site) -> list[dict[str, Any]]:
 
 
 def linked(site: Site) -> dict[str, Any]:
-    """Who links each gold holder: the LINKED EXEC's facts."""
+    """Who links each gold holder: the LINKED EXEC's facts, from one snapshot."""
+    with site.state.reading():
+        return _linked(site)
+
+
+def _linked(site: Site) -> dict[str, Any]:
     cfg = site.config
     current = site.state.current_slot()
     slots = {s.slot: s for s in site.state.slots()}
