@@ -36,9 +36,9 @@ def start(
     with site.locked(ui, writes=not opts.dry_run):  # not while a copy is writing this guest's disks
         if site.hv.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is already logged on")
-        guards.complete(site, guest, "a guest to start")
         if not opts.dry_run:
             recover(site, ui, guest)  # a migrate killed half-way is finished first
+        guards.complete(site, guest, "a guest to start")
         guards.devices_present(site, guest)
         step = Step(
             f"LOGON {guest} and IPL {request.boot_address}",

@@ -117,7 +117,9 @@ def migrate(
                     )
             for g in wave:
                 steps = move_steps(site, ui, g, int(moves[g] or 0), slot)
-                done = perform(site, ui, opts, "migrate", {"guest": g, "slot": slot}, steps)
+                done = perform(
+                    site, ui, opts, "migrate", {"guest": g, "slot": slot}, steps, targets=[g]
+                )
                 outcome.steps += done.steps
                 outcome.results += done.results
             if not up:

@@ -106,8 +106,11 @@ def _merge(site: Site, ui: UI, guest: str, base: int, theirs: int) -> dict[str, 
 
 def _finish(site: Site, guest: str) -> None:
     shutil.rmtree(work_dir(site, guest), ignore_errors=True)
+    half = site.state.incomplete().get(guest)
     with site.state.transaction():
         site.state.forget_fact(_record_key(guest))
+        if half is not None and half.operation == "migrate":  # the move is whole again
+            site.state.mark_complete(guest)
 
 
 def recover(site: Site, ui: UI, guest: str) -> None:
