@@ -63,6 +63,19 @@ def reflink_filesystem(where: Path, size: str = "64G") -> Iterator[Path]:
         image.unlink()
 
 
+def sweep_dead_stores(pattern: str) -> list[str]:
+    """Unmount reflink stores of sessions that were killed before their own clean-up.
+
+    `pattern` (fnmatch) must only match places no live session uses, e.g. the
+    directories pytest renames to garbage-* for removal, which it cannot remove while
+    mounted; the lazy unmount lets the kernel free the loop device and the space.
+    """
+    dead = [t for _, t in _mounts("/proc/self/mounts") if fnmatch.fnmatch(t, pattern)]
+    for target in dead:
+        sh("umount", "--lazy", target, check=False)
+    return dead
+
+
 def copy_site(src: Path, dst: Path, *, reflink: bool) -> None:
     """A site copied whole, as it lies (state.db and its WAL included)."""
     mode = "--reflink=always" if reflink else "--sparse=always"
