@@ -612,21 +612,27 @@ class Trial:
             verdict[key] = "old" if got == self.snap.links.get(key) else "new"
             if got not in (self.snap.links.get(key), self.ref.links.get(key)):
                 self.fail("c", f"{key} are neither the old nor the new links: {got}")
+        changed = sorted(k for k, v in verdict.items() if v != "old")
+        finished = self.judge_journal(killed, changed)
+        self.judge_marks(verdict, changed, finished)
+        return finished
 
-        # (g) the journal tells what happened, once the process is gone
+    def judge_journal(self, killed: ck.Run, changed: list[str]) -> bool:
+        """(g) the journal tells what happened, once the process is gone."""
         entries = [j for j in journal(self.home) if j["id"] > self.snap.last_op]
         for j in entries:
             if j["status"] not in ("ok", "interrupted"):
                 self.fail("g", f"journal #{j['id']} {j['operation']}: {j['status']}")
         finished = bool(entries) and all(j["status"] == "ok" for j in entries)
         self.phase = "after" if finished else "during" if entries else "before"
-        changed = sorted(k for k, v in verdict.items() if v != "old")
         if changed and not entries:
             self.fail("g", f"{changed} were written before the journal had an entry")
         if not killed.killed and not (killed.code == 0 and finished):
             self.fail("h", f"the run ended by itself: exit {killed.code}: {killed.err[-800:]}")
+        return finished
 
-        # (d) a set written in part is marked incomplete and refused as a source
+    def judge_marks(self, verdict: dict[str, str], changed: list[str], finished: bool) -> None:
+        """(d) a set written in part is marked incomplete, and refused as a source."""
         rows = guests(self.home)
         if any("incomplete" not in g for g in rows):
             self.fail("d", "`guests --json` has no field 'incomplete'")
@@ -638,16 +644,13 @@ class Trial:
                 self.fail("d", f"{guest} marked incomplete by {mark.get('operation')!r}")
             elif finished:
                 self.fail("d", f"{guest} marked incomplete though the journal says it finished")
-        if self.built():
+        if self.built():  # no old and new to tell apart: whatever was written counts
             need = bool(changed) and not finished
             why = f"{changed} changed and the operation did not finish"
         else:
-            moved = [k for k in changed if self.snap.hashes.get(k) != self.ref.after.get(k)]
-            kept = [
-                k
-                for k, v in verdict.items()
-                if v == "old" and self.snap.hashes.get(k) != self.ref.after.get(k)
-            ]
+            differs = {k for k in verdict if self.snap.hashes.get(k) != self.ref.after.get(k)}
+            moved = sorted(differs.intersection(changed))
+            kept = sorted(differs.difference(changed))
             need = bool(moved) and bool(kept)
             why = f"part new {moved}, part old {kept}"
         marked = bool(self.w.owners & marks.keys())
@@ -655,7 +658,6 @@ class Trial:
             self.fail("d", f"{why}, but no target guest is marked incomplete")
         if self.w.refuser and (need or marked):
             self.refused()
-        return finished
 
     def refused(self) -> None:
         """The incomplete target is refused as a source (tried on a copy of the site)."""
