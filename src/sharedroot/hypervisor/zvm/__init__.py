@@ -1,0 +1,10 @@
+"""The z/VM backend: sharedroot on the Linux worker guest (the paper's LNXCLONE).
+
+It drives z/VM the way the open-source z/VM tools (Feilong's zthin, xCAT) do:
+
+- `cp`: CP commands through `vmcp` (QUERY, LINK, DETACH, FLASHCOPY, XAUTOLOG, ...);
+- `directory`: the user directory, through SMAPI's `smcli` or by hand (`manual`);
+- `devices`: the worker's side of a LINKed minidisk (s390-tools: chccwdev, dasdfmt, ...);
+- `cms`: CMS files (the parm files on CMSCLONE 0192);
+- `backend`: `ZvmBackend`, the `Hypervisor` of a site whose backend is "zvm".
+"""
