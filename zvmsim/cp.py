@@ -215,7 +215,7 @@ def detach(s: Session, issuer: str, ops: list[str]) -> Result:
             continue
         present = [v for v in targets if v in s.devices(issuer)]
         if not present:
-            msg, rc = missing(targets[0])
+            msg, rc = f"HCPDTV040E Device {targets[0]} does not exist", 40
             out.append(msg)
             continue
         for vdev in present:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import struct
 import sys
 
@@ -289,6 +290,8 @@ PROGRAMS = {
 
 
 def main(argv: list[str]) -> int:
+    # a closed stdout ends the program quietly, as it does a C program
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if not argv or argv[0] not in PROGRAMS:
         _err(f"usage: python -m zvmsim.devices {{{','.join(PROGRAMS)}}} ARGS...")
         return 2

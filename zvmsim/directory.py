@@ -53,7 +53,7 @@ class Mdisk:
             return f"MDISK {self.vdev} {self.devtype} {self.start} {self.count} {self.mode}"
         pw = "".join(f" {p}" for p in self.passwords)
         return (
-            f"MDISK {self.vdev} {self.devtype} {self.start} {self.count} {self.volser} "
+            f"MDISK {self.vdev} {self.devtype} {self.start} {self.count:04d} {self.volser} "
             f"{self.mode}{pw}"
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 from zvmsim import WORKER
@@ -48,6 +49,8 @@ def parse_buffersize(text: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    # a closed stdout ends the program quietly, as it does a C program
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     keep_case = False
     bufsize = DEFAULT_BUFFER
     i = 0
