@@ -448,7 +448,13 @@ def test_smcli_directory(sim: Path, tmp_path: Path) -> None:
     # replace: the running user keeps its devices until the next logon
     entry.write_text(LNX227.replace("S10DFLT", "S10DFLT2"))
     r = smcli(sim, "Image_Replace_DM", "--addRCheader", "-T", "LNX227", "-f", str(entry))
+    assert r.out.startswith("8 400 24 ")  # replace needs the lock
+    assert smcli(sim, "Image_Lock_DM", "--addRCheader", "-T", "LNX227").code == 0
+    assert smcli(sim, "Image_Lock_DM", "--addRCheader", "-T", "LNX227").out.startswith("8 400 12 ")
+    r = smcli(sim, "Image_Replace_DM", "--addRCheader", "-T", "LNX227", "-f", str(entry))
     assert r.code == 0
+    r = smcli(sim, "Image_Unlock_DM", "--addRCheader", "-T", "LNX227")  # the replace unlocked
+    assert r.out.startswith("8 400 24 ")
     assert "INCLUDE S10DFLT2" in (sim / "USER.DIRECT").read_text()
     assert state(sim)["devices"]["LNX227"]["01B1"]["owner"] == "S10GOLD"
     assert "01B9" in state(sim)["devices"]["LNX227"]
@@ -456,6 +462,11 @@ def test_smcli_directory(sim: Path, tmp_path: Path) -> None:
     ok(sim, "xautolog", "lnx227")
     devs = state(sim)["devices"]["LNX227"]
     assert devs["01B1"]["owner"] == "S10GOLD2" and "01B9" not in devs
+    r = smcli(sim, "Profile_Query_DM", "--addRCheader", "-T", "S10DFLT2")
+    assert r.out.splitlines()[1:3] == ["PROFILE S10DFLT2", "IPL CMS"]
+    assert "LINK S10GOLD2 21B1 01B1 RR" in r.out.splitlines()
+    r = smcli(sim, "Profile_Query_DM", "--addRCheader", "-T", "LNX227")
+    assert r.out.startswith("8 400 4 ")
     r = smcli(sim, "Image_Replace_DM", "--addRCheader", "-T", "LNX999", "-f", str(entry))
     assert r.out.startswith("8 400 4 ")
     r = smcli(sim, "Image_Delete_DM", "--addRCheader", "-T", "LNX227", "-e", "0")

@@ -29,6 +29,7 @@ TEXTS = {
     (400, 4): "Image or profile definition not found",
     (400, 8): "Image or profile name already defined",
     (400, 12): "Image or profile definition is locked ",
+    (400, 24): "Image or profile definition is not locked",
     (404, 4): "Image device already defined",
     (404, 8): "Image device not defined",
     (408, 0): "Image disk definition error",
@@ -162,9 +163,23 @@ def run(api: str, opts: dict[str, str], s: Session) -> list[str]:
         need(opts, "T")
         entry = _user(s, target)
         return [" ".join(line.split()) for line in entry.lines if dirmod.tokens(line)]
+    if api == "Profile_Query_DM":
+        need(opts, "T")
+        prof = s.directory.entries.get(target)
+        if prof is None or prof.kind != "PROFILE":
+            raise Failure(400, 4)
+        return [" ".join(line.split()) for line in prof.lines if dirmod.tokens(line)]
     if api in ("Image_Lock_DM", "Image_Unlock_DM"):
         need(opts, "T")
         _user(s, target)
+        locks: list[str] = s.state.setdefault("locks", [])
+        if (target in locks) == (api == "Image_Lock_DM"):
+            raise Failure(400, 12 if api == "Image_Lock_DM" else 24)
+        if api == "Image_Lock_DM":
+            locks.append(target)
+        else:
+            locks.remove(target)
+        s.dirty = True
         return ["Done"]
     if api == "Image_Create_DM":
         need(opts, "T")
@@ -181,7 +196,14 @@ def run(api: str, opts: dict[str, str], s: Session) -> list[str]:
         if "f" not in opts and "s" not in opts:
             raise Syntax("Missing required options")
         old = _user(s, target)
+        # a directory manager replaces only a locked entry, and the replace unlocks it
+        # (Feilong: Image_Lock_DM, Image_Replace_DM; Image_Unlock_DM only on failure)
+        locks = s.state.setdefault("locks", [])
+        if target not in locks:
+            raise Failure(400, 24)
         new = _entry_from(opts, target, s)
+        locks.remove(target)
+        s.dirty = True
         s.directory.entries[target] = new
         s.directory_changed()
         _drop_images(s, target, {m.vdev for m in old.mdisks()} - {m.vdev for m in new.mdisks()})
