@@ -28,6 +28,7 @@ from sharedroot.hypervisor.zvm.directory import (
     Entry,
     Link,
     ManualDirectory,
+    SmapiRefused,
     SmcliDirectory,
     user_entry,
 )
@@ -43,6 +44,7 @@ CYLINDER = devices.CYLINDER
 BASE_PROFILE = "RORDFLT"  # the paper's base profile: IPL CMS, NICDEF, LINK CMSCLONE 192 191 RR
 CMS_LABEL = "CMS192"
 PARM_TYPE = "PARM-S10"
+LINKS_AT_ONCE = 8  # worker addresses links_to uses at a time
 
 
 def _stderr(text: str) -> None:
@@ -270,12 +272,15 @@ class ZvmBackend:
 
     def set_profile(self, guest: str, profile: str, links: list[tuple[str, str, str]]) -> None:
         self._require_guest(guest)
-        if self.directory.readable and self.cache.profile(userid(profile)) is None:
+        try:  # SMAPI refuses an INCLUDE of a profile it does not have (rc 436 rs 4)
+            self.directory.set_include(guest, userid(profile), tuple(a for a, _, _ in links))
+        except SmapiRefused as exc:
+            if (exc.rc, exc.rs) != (436, 4):
+                raise
             raise RefusedError(
                 f"profile {profile} is not in the z/VM directory; add PROFILE {profile} (the"
                 " base statements and a LINK ... RR of each shared gold disk) first"
-            )
-        self.directory.set_include(guest, profile, tuple(a for a, _, _ in links))
+            ) from None
         self.cache.forget(guest)
         with self.cache.writing():
             for addr, owner, owner_addr in links:
@@ -297,25 +302,31 @@ class ZvmBackend:
         if not wanted:
             return rows
         skip = {self.worker, owner}
-        [alias] = self.aliases.claim(set(self.cp.dasd()))
+        # A few disks per round: LINK each, QUERY LINKS each, one DETACH of them all.
+        aliases = self.aliases.claim(set(self.cp.dasd()), min(len(wanted), LINKS_AT_ONCE))
         try:
-            for addr in wanted:
+            for first in range(0, len(wanted), len(aliases)):
+                linked: list[tuple[str, str]] = []
                 try:
-                    self.cp.link(owner, addr, alias, "RR")
-                except RefusedError:
-                    if address is not None:
-                        raise
-                    continue  # gone from the directory meanwhile
-                try:
-                    linkers = self.cp.links(alias)
+                    for addr, alias in zip(wanted[first:], aliases, strict=False):
+                        try:
+                            self.cp.link(owner, addr, alias, "RR")
+                        except RefusedError:
+                            if address is not None:
+                                raise
+                            continue  # gone from the directory meanwhile
+                        linked.append((addr, alias))
+                    for addr, alias in linked:
+                        for lk in self.cp.links(alias):
+                            if lk.user not in skip:
+                                mode = Mode.RR if lk.access == "R/O" else Mode.MR
+                                rows.append(LinkRow(lk.user, lk.vdev, owner, addr, mode))
                 finally:
-                    self.cp.detach(alias, missing_ok=True)
-                for lk in linkers:
-                    if lk.user not in skip:
-                        mode = Mode.RR if lk.access == "R/O" else Mode.MR
-                        rows.append(LinkRow(lk.user, lk.vdev, owner, addr, mode))
+                    if linked:
+                        self.cp.detach_all([alias for _, alias in linked])
         finally:
-            self.aliases.release(alias)
+            for alias in aliases:
+                self.aliases.release(alias)
         return sorted(rows, key=lambda r: (r.guest, r.address))
 
     # the worker's links ------------------------------------------------------

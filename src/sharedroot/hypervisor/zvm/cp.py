@@ -223,6 +223,10 @@ class Cp:
         ok = (0, RC_NOT_FOUND) if missing_ok else (0,)
         self.must("DETACH", vdev(device), ok=ok)
 
+    def detach_all(self, devices: list[str]) -> None:
+        """One DETACH of several devices (the paper's CleanUp); those gone are no error."""
+        self.must("DETACH", *(vdev(d) for d in devices), ok=(0, RC_NOT_FOUND))
+
     # FLASHCOPY -------------------------------------------------------------------
     def flashcopy(self, source: str, target: str) -> Response:
         """FLASHCOPY src 0 END tgt 0 END (COPYMDSK); success is `Command complete`."""

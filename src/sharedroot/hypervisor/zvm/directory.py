@@ -9,6 +9,7 @@ minidisks and links.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -212,6 +213,7 @@ _SMAPI_REFUSALS = {
     (404, 8): "no device is defined at that address",
     (408, 4): "the minidisk is already defined",
     (408, 8): "no minidisk is defined at that address",
+    (436, 4): "the profile it INCLUDEs is not in the directory",
 }
 
 
@@ -285,8 +287,17 @@ class SmcliDirectory:
         return parse_entry("\n".join(lines))
 
     def profile(self, name: str) -> Entry | None:
-        # Image_Query_DM answers for a profile too (it names a directory entry).
-        return self.entry(name)
+        """A PROFILE entry (Profile_Query_DM; Image_Query_DM where that is missing)."""
+        try:
+            lines = self.call("Profile_Query_DM", name)
+        except (SmapiRefused, SmcliError) as exc:
+            if (exc.rc, exc.rs) == (400, 4):
+                return None
+            if exc.rc != 900:  # 900: this SMAPI has no such function
+                raise
+            entry = self.entry(name)
+            return entry if entry is not None and entry.kind == "PROFILE" else None
+        return parse_entry("\n".join(lines))
 
     def _with_file(self, function: str, user: str, text: str) -> None:
         fd, name = tempfile.mkstemp(prefix=f"sharedroot-{user}-", suffix=".direct")
@@ -304,10 +315,17 @@ class SmcliDirectory:
         self.call("Image_Delete_DM", user, "-e", "0")
 
     def _replace(self, user: str, change: Callable[[Entry], str]) -> None:
-        entry = self.entry(user)
-        if entry is None:
-            raise RefusedError(f"{user} is not in the z/VM directory")
-        self._with_file("Image_Replace_DM", user, change(entry))
+        # As Feilong does: lock the entry, replace it (which unlocks), unlock on failure.
+        self.call("Image_Lock_DM", user)
+        try:
+            entry = self.entry(user)
+            if entry is None:
+                raise RefusedError(f"{user} is not in the z/VM directory")
+            self._with_file("Image_Replace_DM", user, change(entry))
+        except BaseException:
+            with contextlib.suppress(SmapiRefused, SmcliError):  # not locked any more
+                self.call("Image_Unlock_DM", user)
+            raise
 
     def add_statement(self, user: str, statement: str) -> None:
         self._replace(user, lambda e: with_statement(e, statement))

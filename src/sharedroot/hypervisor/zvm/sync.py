@@ -142,9 +142,16 @@ class Cache:
                     continue  # an own minidisk wins; MAINT 0190 and such are not ours
                 mode = Mode.MR if stmt.mode in WRITE_MODES else Mode.RR
                 wanted[addr] = LinkRow(guest, addr, stmt.owner, stmt.owner_vdev, mode)
+            # A profile that cannot be read (an SMAPI without Profile_Query_DM) may bring
+            # the links recorded before (set_profile): keep those the entry leaves open.
+            blind = any(self.profile(name) is None for name in entry.includes)
+            own = {lk.vdev for lk in entry.links} | set(mdisks)
             for row in self.state.links(guest):
-                if wanted.get(row.address) != row:
-                    self.state.delete_link(guest, row.address)
+                if wanted.get(row.address) == row:
+                    continue
+                if blind and row.address not in wanted and row.address not in own:
+                    continue
+                self.state.delete_link(guest, row.address)
             for addr, row in wanted.items():
                 if self.state.link(guest, addr) is None:
                     self.state.add_link(row)
