@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from zvmsim import SYSTEM_NAME, WORKER, flash, links, loops
+from zvmsim import SYSTEM_NAME, WORKER, links
 from zvmsim import directory as dirmod
 from zvmsim.state import Device, Session, open_session
 
@@ -39,7 +39,7 @@ def execute(s: Session, issuer: str, command: str) -> Result:
         ("QUERY", 1, query),
         ("DETACH", 3, detach),
         ("LINK", 4, link),
-        ("FLASHCOPY", 5, flash.flashcopy),
+        ("FLASHCOPY", 5, flashcopy),
         ("XAUTOLOG", 5, xautolog),
         ("SIGNAL", 3, signal),
         ("FORCE", 5, force),
@@ -48,6 +48,12 @@ def execute(s: Session, issuer: str, command: str) -> Result:
         if abbrev(words[0], full, minimum):
             return fn(s, issuer, words[1:])
     return f"HCPCMD001E Unknown CP command: {words[0]}", 1
+
+
+def flashcopy(s: Session, issuer: str, ops: list[str]) -> Result:
+    from zvmsim import flash  # ctypes and friends only when needed: vmcp starts faster
+
+    return flash.flashcopy(s, issuer, ops)
 
 
 def users_count(s: Session) -> int:
@@ -195,6 +201,8 @@ def _detach_targets(op: str) -> list[str] | None:
 def release(s: Session, userid: str, vdev: str) -> None:
     """Take a device away; if it is online in the worker's Linux, Linux loses it too."""
     if userid == WORKER and vdev in s.online:
+        from zvmsim import loops
+
         loops.take_offline(s.online.pop(vdev), s.root / "by-path", vdev)
     s.remove_device(userid, vdev)
 

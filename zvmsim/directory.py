@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 _HEX = re.compile(r"[0-9A-F]{1,4}")
 
@@ -34,12 +34,11 @@ def tokens(line: str) -> list[str]:
     return stripped.upper().split()
 
 
-@dataclass(frozen=True)
-class Mdisk:
+class Mdisk(NamedTuple):
     vdev: str
     devtype: str  # "3390" or "FB-512"
     start: str  # start cylinder, or "V-DISK" / "T-DISK"
-    count: int  # cylinders (ECKD) or blocks (V-DISK)
+    size: int  # cylinders (ECKD) or blocks (V-DISK)
     volser: str
     mode: str  # R RR W WR M MR MW (V-DISK: MWV etc.)
     passwords: tuple[str, ...] = ()
@@ -50,10 +49,10 @@ class Mdisk:
 
     def line(self) -> str:
         if self.vdisk:
-            return f"MDISK {self.vdev} {self.devtype} {self.start} {self.count} {self.mode}"
+            return f"MDISK {self.vdev} {self.devtype} {self.start} {self.size} {self.mode}"
         pw = "".join(f" {p}" for p in self.passwords)
         return (
-            f"MDISK {self.vdev} {self.devtype} {self.start} {self.count:04d} {self.volser} "
+            f"MDISK {self.vdev} {self.devtype} {self.start} {self.size:04d} {self.volser} "
             f"{self.mode}{pw}"
         )
 
@@ -71,8 +70,7 @@ def parse_mdisk(words: list[str]) -> Mdisk | None:
         return None
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     owner: str
     vdev1: str
     vdev2: str
@@ -88,11 +86,13 @@ def parse_link(words: list[str]) -> Link | None:
         return None
 
 
-@dataclass
 class Entry:
-    kind: str  # USER, PROFILE (or IDENTITY, kept as is)
-    name: str
-    lines: list[str] = field(default_factory=list)
+    """One USER or PROFILE entry: its lines as read (comments just above it included)."""
+
+    def __init__(self, kind: str, name: str, lines: list[str] | None = None) -> None:
+        self.kind = kind  # USER, PROFILE (or IDENTITY, kept as is)
+        self.name = name
+        self.lines = lines if lines is not None else []
 
     def statements(self) -> list[list[str]]:
         return [w for w in (tokens(line) for line in self.lines) if w]
@@ -130,10 +130,10 @@ class Entry:
         return "".join(line + "\n" for line in self.lines)
 
 
-@dataclass
 class Directory:
-    header: list[str] = field(default_factory=list)
-    entries: dict[str, Entry] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.header: list[str] = []  # lines before the first entry (DIRECTORY, comments)
+        self.entries: dict[str, Entry] = {}
 
     def user(self, name: str) -> Entry | None:
         e = self.entries.get(name.upper())

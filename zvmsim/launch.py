@@ -47,7 +47,7 @@ def create(root: Path) -> None:
             assert entry is not None
             for md in entry.mdisks():
                 if not md.vdisk:
-                    s.image(name, md.vdev, md.count)
+                    s.image(name, md.vdev, md.size)
 
 
 def write_wrappers(root: Path) -> None:

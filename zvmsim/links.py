@@ -89,7 +89,7 @@ def link(s: Session, issuer: str, owner: str, vdev1: str, vdev2: str, mode: str)
         "access": access,
         "devtype": "9336" if md.vdisk else md.devtype,
         "volser": md.volser,
-        "size": md.count,
+        "size": md.size,
         "vdisk": md.vdisk,
     }
     s.add_device(issuer, vdev2, dev)

@@ -265,7 +265,7 @@ def disk_create(opts: dict[str, str], s: Session, target: str) -> list[str]:
         md = dirmod.Mdisk(vdev, "FB-512", "V-DISK", size, "", mode)
     elif alloc == "AUTOG":
         used = [
-            int(m.start) + m.count
+            int(m.start) + m.size
             for name in s.directory.users()
             for m in s.directory.entries[name].mdisks()
             if m.volser == AUTOG_VOLUME and m.start.isdigit()
