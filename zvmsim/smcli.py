@@ -213,6 +213,9 @@ def run(api: str, opts: dict[str, str], s: Session) -> list[str]:
         entry = _user(s, target)
         del s.directory.entries[target]
         s.directory_changed()
+        if target in s.state.get("locks", []):
+            s.state["locks"].remove(target)
+            s.dirty = True
         _drop_images(s, target, {m.vdev for m in entry.mdisks()})
         return ["Done"]
     if api == "Image_Disk_Create_DM":
