@@ -275,13 +275,14 @@ def test_a_thousand_parm_files(disk: Path, monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize("block_size", [512, 1024, 2048])
 def test_smaller_block_sizes(tmp_path: Path, block_size: int) -> None:
     path = tmp_path / "small.img"
-    path.write_bytes(bytes(2 * 1024 * 1024))
+    path.write_bytes(bytes(5 * 1024 * 1024))  # at 512, an allocation map of 3 blocks
     cms.format_disk(path, label="s", block_size=block_size)
     for n in range(40):  # several directory blocks and pointer levels at 512
         cms.write_text(path, f"G{n}", "PARM", PARM * 3)
     cms.write_file(path, "BIG", "BIN", [os.urandom(3000) for _ in range(60)])
     r = EdfReader(path)
     assert r.label == 2 * block_size and r.bs == block_size and r.volid == "S"
+    assert r.amap.levels == (1 if block_size == 512 else 0)
     seen = r.check()
     assert len(seen) == 41 and seen["BIG.BIN"] == cms.read_records(path, "BIG", "BIN")
     assert cms.read_text(path, "G39", "PARM") == PARM * 3

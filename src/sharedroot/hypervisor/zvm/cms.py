@@ -48,6 +48,7 @@ from sharedroot.hypervisor.zvm.cms_layout import (
     Label,
     RecordFormat,
     bcd_date,
+    build_tree,
     ebcdic_decode,
     ebcdic_encode,
     tree_blocks,
@@ -353,30 +354,9 @@ class _Volume:
         self, leaves: list[tuple[int, int, int]], var: bool, spare: list[int]
     ) -> tuple[int, int]:
         """Write the pointer blocks over `leaves` into `spare`; return (origin, levels)."""
-        if not leaves:
-            return 0, 0
-        step = 12 if var else 4
-        per = (self.bs - 4) // step if var else self.bs // step
-        level, levels = leaves, 0
-        while len(level) > 1:
-            upper = []
-            for i in range(0, len(level), per):
-                chunk, blk = level[i : i + per], spare.pop()
-                buf = bytearray(self.bs)
-                for k, (b, hi, disp) in enumerate(chunk):
-                    if var:
-                        struct.pack_into(">III", buf, k * 12, b, hi, disp)
-                    else:
-                        struct.pack_into(">I", buf, k * 4, b)
-                if var:
-                    struct.pack_into(">I", buf, self.bs - 4, (len(chunk) - 1) * 12)
-                self.disk.write(self._addr(blk), bytes(buf))
-                upper.append((blk, chunk[-1][1], chunk[0][2]))
-            level, levels = upper, levels + 1
-        return level[0][0], levels
-
-    def tree_size(self, count: int, var: bool) -> int:
-        return tree_blocks(count, (self.bs - 4) // 12 if var else self.bs // 4)
+        return build_tree(
+            leaves, self.bs, var, spare.pop, lambda b, data: self.disk.write(self._addr(b), data)
+        )
 
     def write_dir_fst(self, spare: list[int] | None) -> list[int]:
         """Rewrite the directory's FST, its pointers rebuilt from `spare` unless None.
@@ -397,9 +377,6 @@ class _Volume:
             return []
         stale, self.dir_ptrs = self.dir_ptrs, self._tree(self.dir_fst, None)[1]
         return stale
-
-    def dir_tree_size(self, nblocks: int) -> int:
-        return self.tree_size(nblocks, False)
 
 
 def _to_info(fst: Fst) -> CmsFile:
@@ -423,7 +400,7 @@ def format_disk(device: Path, *, label: str, block_size: int = 4096) -> None:
     with _opened(device, True) as disk:
         total = disk.size // bs
         amap_n = -(-total // (8 * bs))
-        amap_ptrs = tree_blocks(amap_n, bs // 4)
+        amap_ptrs = tree_blocks(amap_n, bs, False)
         meta_end = DOP + amap_n + amap_ptrs  # last block in use after FORMAT
         if total < meta_end + 2:
             raise InputError(f"{device}: {disk.size} bytes is too small for a CMS disk")
@@ -437,18 +414,11 @@ def format_disk(device: Path, *, label: str, block_size: int = 4096) -> None:
         amap_blocks = list(range(DOP + 1, DOP + 1 + amap_n))
         for i, b in enumerate(amap_blocks):
             disk.write((b - 1) * bs, bytes(bitmap[i * bs : (i + 1) * bs]))
-        amap_fop, amap_levels = amap_blocks[0], 0
-        if amap_n > 1:
-            level, nxt = amap_blocks, DOP + 1 + amap_n
-            while len(level) > 1:
-                upper = []
-                for i in range(0, len(level), bs // 4):
-                    chunk = level[i : i + bs // 4]
-                    disk.write((nxt - 1) * bs, b"".join(struct.pack(">I", b) for b in chunk))
-                    upper.append(nxt)
-                    nxt += 1
-                level, amap_levels = upper, amap_levels + 1
-            amap_fop = level[0]
+        ptr_blocks = iter(range(DOP + 1 + amap_n, meta_end + 1))
+        amap_fop, amap_levels = build_tree(
+            [(b, 0, 0) for b in amap_blocks], bs, False, ptr_blocks.__next__,
+            lambda b, data: disk.write((b - 1) * bs, data),
+        )  # fmt: skip
         date, century = bcd_date()
         flags = FST_CENTURY if century else 0
         dir_fst = Fst(
@@ -556,8 +526,8 @@ def write_file(
             vol.entries[i][0] if i is not None else (vol.entries[-1][0] + 1 if vol.entries else 2)
         )
         grow = i is None and slot == len(vol.dir_blocks) * vol.per_block
-        dir_extra = 1 + vol.dir_tree_size(len(vol.dir_blocks) + 1) if grow else 0
-        spare = vol.allocate(nblocks + vol.tree_size(nblocks, var) + dir_extra)
+        dir_extra = 1 + tree_blocks(len(vol.dir_blocks) + 1, bs, False) if grow else 0
+        spare = vol.allocate(nblocks + tree_blocks(nblocks, bs, var) + dir_extra)
         spare.reverse()  # pop() then hands them out in ascending order
         data = [spare.pop() for _ in range(nblocks)]
         for k, blk in enumerate(data):
@@ -614,7 +584,7 @@ def delete_file(device: Path, name: str, ftype: str) -> bool:
         stale: list[int] = []
         if last_slot % vol.per_block == 0 and last_slot // vol.per_block == len(vol.dir_blocks) - 1:
             stale.append(vol.dir_blocks.pop())
-            spare = vol.allocate(vol.dir_tree_size(len(vol.dir_blocks)))
+            spare = vol.allocate(tree_blocks(len(vol.dir_blocks), vol.bs, False))
             stale += vol.write_dir_fst(spare)
         else:
             vol.write_dir_fst(None)

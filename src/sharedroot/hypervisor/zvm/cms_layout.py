@@ -45,6 +45,7 @@ from __future__ import annotations
 import enum
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # IBM-1047 to Latin-1, byte by byte; equal to glibc iconv's CP1047, which cmsfs-fuse uses for
@@ -193,13 +194,51 @@ class Fst:
         return (self.name, self.ftype) in ((DIR_NAME, DIR_TYPE), (AMAP_NAME, AMAP_TYPE))
 
 
-def tree_blocks(count: int, per_block: int) -> int:
+def per_pointer_block(block_size: int, var: bool) -> int:
+    """Pointers in one pointer block (a V block keeps its last 4 bytes for the back pointer)."""
+    return (block_size - 4) // 12 if var else block_size // 4
+
+
+def tree_blocks(count: int, block_size: int, var: bool) -> int:
     """Pointer blocks of the shallowest tree over `count` data blocks (none for one block)."""
     total = 0
     while count > 1:
-        count = -(-count // per_block)
+        count = -(-count // per_pointer_block(block_size, var))
         total += count
     return total
+
+
+def build_tree(
+    leaves: list[tuple[int, int, int]],
+    block_size: int,
+    var: bool,
+    take: Callable[[], int],
+    put: Callable[[int, bytes], None],
+) -> tuple[int, int]:
+    """Pointer blocks over `leaves` (block, highest record, displacement), bottom up.
+
+    Each new block's number comes from `take` and its contents go to `put`; returns the file
+    origin pointer and the number of levels."""
+    if not leaves:
+        return 0, 0
+    per = per_pointer_block(block_size, var)
+    level, levels = leaves, 0
+    while len(level) > 1:
+        upper = []
+        for i in range(0, len(level), per):
+            chunk, blk = level[i : i + per], take()
+            buf = bytearray(block_size)
+            for k, (b, hi, disp) in enumerate(chunk):
+                if var:
+                    struct.pack_into(">III", buf, k * 12, b, hi, disp)
+                else:
+                    struct.pack_into(">I", buf, k * 4, b)
+            if var:  # the back pointer: where the last entry is
+                struct.pack_into(">I", buf, block_size - 4, (len(chunk) - 1) * 12)
+            put(blk, bytes(buf))
+            upper.append((blk, chunk[-1][1], chunk[0][2]))
+        level, levels = upper, levels + 1
+    return level[0][0], levels
 
 
 def var_block_info(stream_len: int, starts: list[int], block_size: int) -> list[tuple[int, int]]:
