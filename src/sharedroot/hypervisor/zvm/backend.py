@@ -14,18 +14,17 @@ import string
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.errors import InputError, RefusedError
 from sharedroot.hypervisor.base import StartRequest
-from sharedroot.hypervisor.copyengine import CopyResult, Method, Progress
+from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.hypervisor.zvm import devices, guestlink
 from sharedroot.hypervisor.zvm.aliases import Aliases
 from sharedroot.hypervisor.zvm.cp import Cp, userid
 from sharedroot.hypervisor.zvm.directory import (
     Directory,
-    Entry,
     Link,
     ManualDirectory,
     SmapiRefused,
@@ -34,6 +33,7 @@ from sharedroot.hypervisor.zvm.directory import (
 )
 from sharedroot.hypervisor.zvm.doctor import doctor_checks
 from sharedroot.hypervisor.zvm.sync import Cache
+from sharedroot.hypervisor.zvm.worker import Worker
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.store.config import SiteConfig
@@ -44,7 +44,6 @@ CYLINDER = devices.CYLINDER
 BASE_PROFILE = "RORDFLT"  # the paper's base profile: IPL CMS, NICDEF, LINK CMSCLONE 192 191 RR
 CMS_LABEL = "CMS192"
 PARM_TYPE = "PARM-S10"
-LINKS_AT_ONCE = 8  # worker addresses links_to uses at a time
 
 
 def _stderr(text: str) -> None:
@@ -71,25 +70,23 @@ class ZvmBackend:
         self.state = state
         self.cp = cp or Cp()
         self.say = say
-        self.aliases = Aliases(home / "run" / "zvm-links", config.zvm.link_addresses())
+        aliases = Aliases(home / "run" / "zvm-links", config.zvm.link_addresses())
+        self.worker = Worker(self.cp, aliases)
         self.directory = directory or self._make_directory()
         self.cache = Cache(state, config.layout, self.directory)
-        self._online: set[str] = set()
-        self._worker: str | None = None
 
     def _make_directory(self) -> Directory:
         s = self.settings
         if s.directory == "manual":
             return ManualDirectory(
-                self.cp, self.say, s.manual_wait, s.allocation_group, s.device_type, self._linkable
+                self.cp,
+                self.say,
+                s.manual_wait,
+                s.allocation_group,
+                s.device_type,
+                self.worker.linkable,
             )
         return SmcliDirectory(guestlink.smcli_program(s.smcli), s.allocation_group, s.device_type)
-
-    @property
-    def worker(self) -> str:
-        if self._worker is None:
-            self._worker = self.cp.whoami()
-        return self._worker
 
     # guests -------------------------------------------------------------------
     def query(self, guest: str) -> GuestState:
@@ -128,10 +125,8 @@ class ZvmBackend:
         else:  # logged on by XAUTOLOG from the worker, never at a terminal
             alphabet = string.ascii_uppercase + string.digits
             password = "".join(secrets.choice(alphabet) for _ in range(8))
-        memory = max(self.config.memory_mb, 1)
-        maximum = (
-            f"{max(memory, 1024) // 1024}G" if memory % 1024 == 0 or memory < 1024 else f"{memory}M"
-        )
+        memory = self.config.memory_mb
+        maximum = "1G" if memory <= 1024 else f"{memory}M"
         return user_entry(guest, password, f"{memory}M", maximum, BASE_PROFILE)
 
     def delete_guest(self, guest: str) -> None:
@@ -176,8 +171,8 @@ class ZvmBackend:
         row = DiskRow(guest, address, kind, fs, cylinders * CYLINDER, Cache.file(guest, address))
         self.cache.put_disk(row)
         if kind is DiskKind.SWAP or fs is not None:
-            with self._linked(guest, address, write=True) as alias:
-                self._enable(alias)
+            with self.worker.linked(guest, address, write=True) as alias:
+                self.worker.enable(alias)
                 part = devices.format_eckd(alias)
                 devices.make_filesystem(part, kind, fs)
         return row
@@ -301,97 +296,16 @@ class ZvmBackend:
         rows: list[LinkRow] = []
         if not wanted:
             return rows
-        skip = {self.worker, owner}
-        # A few disks per round: LINK each, QUERY LINKS each, one DETACH of them all.
-        aliases = self.aliases.claim(set(self.cp.dasd()), min(len(wanted), LINKS_AT_ONCE))
-        try:
-            for first in range(0, len(wanted), len(aliases)):
-                linked: list[tuple[str, str]] = []
-                try:
-                    for addr, alias in zip(wanted[first:], aliases, strict=False):
-                        try:
-                            self.cp.link(owner, addr, alias, "RR")
-                        except RefusedError:
-                            if address is not None:
-                                raise
-                            continue  # gone from the directory meanwhile
-                        linked.append((addr, alias))
-                    for addr, alias in linked:
-                        for lk in self.cp.links(alias):
-                            if lk.user not in skip:
-                                mode = Mode.RR if lk.access == "R/O" else Mode.MR
-                                rows.append(LinkRow(lk.user, lk.vdev, owner, addr, mode))
-                finally:
-                    if linked:
-                        self.cp.detach_all([alias for _, alias in linked])
-        finally:
-            for alias in aliases:
-                self.aliases.release(alias)
+        skip = {self.worker.name, owner}
+        for addr, lk in self.worker.holders(owner, wanted, strict=address is not None):
+            if lk.user not in skip:
+                mode = Mode.RR if lk.access == "R/O" else Mode.MR
+                rows.append(LinkRow(lk.user, lk.vdev, owner, addr, mode))
         return sorted(rows, key=lambda r: (r.guest, r.address))
 
     # the worker's links ------------------------------------------------------
-    def _linkable(self, user: str, address: str) -> bool:
-        """Whether the worker can LINK the minidisk (a new one is online)."""
-        [alias] = self.aliases.claim(set(self.cp.dasd()))
-        try:
-            r = self.cp("LINK", userid(user), address, "AS", alias, "RR")
-            if r.ok:
-                self.cp.detach(alias, missing_ok=True)
-            return r.ok
-        finally:
-            self.aliases.release(alias)
-
-    @contextmanager
-    def _linked(
-        self, guest: str, address: str, *, write: bool, guard: bool = True, alias: str = ""
-    ) -> Iterator[str]:
-        """LINK the disk to a free worker address (MR for write, else RR); on exit,
-        always: offline, DETACH, record removed. With write and guard, nobody but the
-        worker may hold the disk (QUERY LINKS)."""
-        if not alias:
-            [alias] = self.aliases.claim(set(self.cp.dasd()))
-        done = False
-        try:
-            self.cp.link(guest, address, alias, "MR" if write else "RR")
-            if write and guard:
-                others = sorted({lk.user for lk in self.cp.links(alias) if lk.user != self.worker})
-                if others:
-                    raise RefusedError(
-                        f"{guest} {address} is linked by {', '.join(others)};"
-                        " it cannot be overwritten"
-                    )
-            yield alias
-            done = True
-        finally:
-            self._unlink(alias, quiet=not done)
-
-    def _enable(self, alias: str) -> Path:
-        self._online.add(alias)
-        return devices.enable(alias)
-
-    def _unlink(self, alias: str, *, quiet: bool) -> None:
-        problems = []
-        if alias in self._online:
-            problems.append(devices.quietly(lambda: devices.disable(alias)))
-            self._online.discard(alias)
-        problems.append(devices.quietly(lambda: self.cp.detach(alias, missing_ok=True)))
-        self.aliases.release(alias)
-        failed = [p for p in problems if p]
-        if failed and not quiet:
-            raise OperationError(
-                f"cleaning up worker device {alias}: {'; '.join(failed)};"
-                " the next writing sharedroot command detaches it"
-            )
-
     def recover(self) -> None:
-        present = self.cp.dasd()
-        for alias in sorted(set(present) | set(self.aliases.recorded())):
-            if not self.aliases.in_range(alias) or self.aliases.live(alias):
-                continue
-            if alias in present:
-                devices.quietly(lambda a=alias: devices.disable(a))  # type: ignore[misc]
-                self.cp.detach(alias, missing_ok=True)
-            self.aliases.release(alias)
+        self.worker.recover()
 
     def attach(
         self, guest: str, address: str, *, write: bool = False
@@ -405,8 +319,8 @@ class ZvmBackend:
         if write and not admin:
             self._require_logged_off(guest)
         # The admin disk is written while guests hold it R/O, as CMS disks are.
-        with self._linked(guest, address, write=write, guard=not admin) as alias:
-            whole = self._enable(alias)
+        with self.worker.linked(guest, address, write=write, guard=not admin) as alias:
+            whole = self.worker.enable(alias)
             yield whole if admin else devices.mount_node(alias)
 
     def fill_disk(
@@ -424,8 +338,8 @@ class ZvmBackend:
         if disk.kind is DiskKind.VDISK or kind is DiskKind.VDISK:
             raise RefusedError(f"{guest} {address} is a VDISK: made fresh at each logon")
         self._require_logged_off(guest)
-        with self._linked(guest, address, write=True) as alias:
-            self._enable(alias)
+        with self.worker.linked(guest, address, write=True) as alias:
+            self.worker.enable(alias)
             part = devices.format_eckd(alias)
             devices.make_filesystem(part, kind, fs, tree, label)
 
@@ -450,48 +364,9 @@ class ZvmBackend:
                 f" {src_owner} {src_address} ({src.size} bytes)"
             )
         started = time.monotonic()
-        tgt_alias, src_alias = self.aliases.claim(set(self.cp.dasd()), 2)
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(
-                    self._linked(dst_owner, dst_address, write=True, alias=tgt_alias)
-                )
-            except BaseException:
-                self.aliases.release(src_alias)
-                raise
-            stack.enter_context(self._linked(src_owner, src_address, write=False, alias=src_alias))
-            writers = sorted(
-                {lk.user for lk in self.cp.links(src_alias) if lk.access == "R/W"} - {self.worker}
-            )
-            if writers:
-                raise RefusedError(
-                    f"{src_owner} {src_address} is linked R/W by {', '.join(writers)};"
-                    " it may be changing"
-                )
-            if progress is not None:
-                progress(0, src.size)
-            flash = self.cp.flashcopy(src_alias, tgt_alias)
-            if flash.ok:
-                method, moved = Method.FLASHCOPY, 0
-            else:  # COPYMDSK falls back to DDR; from Linux that is dd between the devices
-                self.say(
-                    f"FLASHCOPY returned {flash.rc} ({flash.message() or 'no response'});"
-                    " falling back to dd"
-                )
-                source, target = self._enable(src_alias), self._enable(tgt_alias)
-                method, moved = Method.DD, devices.copy_device(source, target)
-            if progress is not None:
-                progress(src.size, src.size)
-            verified = False
-            if verify:
-                source, target = self._enable(src_alias), self._enable(tgt_alias)
-                size = devices.device_size(source)
-                if devices.device_hash(source) != devices.device_hash(target, size):
-                    raise OperationError(
-                        f"{dst_owner} {dst_address} differs from {src_owner} {src_address}"
-                        " after the copy; run it again"
-                    )
-                verified = True
+        method, moved, verified = self.worker.copymdsk(
+            (src_owner, src_address), (dst_owner, dst_address), src.size, self.say, progress, verify
+        )
         self.cache.entry(dst_owner, fresh=True)  # the target's size as the directory has it
         return CopyResult(method, src.size, moved, time.monotonic() - started, verified)
 
@@ -580,9 +455,4 @@ def create(config: SiteConfig, home: Path, state: State) -> ZvmBackend:
     return ZvmBackend(config, home, state)
 
 
-def entry_of(backend: ZvmBackend, guest: str) -> Entry | None:
-    """A guest's directory entry as the backend sees it (for reports and tests)."""
-    return backend.cache.entry(guest, fresh=True)
-
-
-__all__ = ["ZvmBackend", "create", "doctor_checks", "entry_of"]
+__all__ = ["ZvmBackend", "create", "doctor_checks"]
