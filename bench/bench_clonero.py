@@ -243,9 +243,11 @@ def private_templates(site: Site) -> list[tuple[str, Path]]:
     slot = site.state.current_slot()
     assert slot is not None
     holder = site.config.slot_holder(slot)
+    # The local backend's images, read directly: the baseline copies them with cp.
     return [
-        (d.address, site.hv.worker_path(holder, gold_ro_address(d.address)))
+        (d.address, site.home / d_row.file)
         for d in site.config.layout.private
+        if (d_row := site.state.disk(holder, gold_ro_address(d.address))) is not None
     ]
 
 

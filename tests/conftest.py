@@ -17,7 +17,13 @@ import pytest
 
 from sharedroot.cli.main import main
 from sharedroot.hypervisor.local import make_filesystem
+from sharedroot.namespace import private_mounts
 from sharedroot.workflows.context import Site
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Mounts made by fixtures (XFS and btrfs stores) die with the test run, however it ends.
+    private_mounts()
 
 # The paper's own sample parm file (§1.6.4), as it stands in the paper.
 PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb

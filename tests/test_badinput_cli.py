@@ -78,7 +78,8 @@ INPUT: list[tuple[list[str], str]] = [
     (["cloneprep", "--operations", "nosuch", "--yes"], "nosuch"),
     (["init", "--prefix", "TOOLONG"], "prefix"),
     (["init", "--gold-slots", "0"], "gold_slots"),
-    (["init", "--backend", "zvm"], "--backend zvm: the z/VM backend is not available yet"),
+    (["init", "--backend", "libvirt"], "backend = 'libvirt': must be one of local, zvm"),
+    (["init", "--zvm-link-range", "F0FF-F000"], "link_range"),
     (["init", "--size", "usr"], "MOUNT=SIZE"),
     (["migrate", "LNX227", "--slot", "3", "--yes"], "gold slots 1 to 2"),
 ]

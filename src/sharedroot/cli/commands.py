@@ -15,14 +15,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sharedroot import hypervisor
 from sharedroot.cli.render import Result, outcome, table
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
 from sharedroot.model.parm import Identity, check_hostname, check_ipv4
 from sharedroot.model.types import Role, parse_size
 from sharedroot.store.config import make_config
-from sharedroot.store.settings import SETTINGS
+from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import (
     cloneprep,
     clones,
@@ -63,7 +62,11 @@ def _site(args: argparse.Namespace, readonly: bool = False) -> Site:
 
 
 def cmd_init(args: argparse.Namespace) -> Result:
-    values = {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
+    values = {
+        s.option: getattr(args, s.option)
+        for s in (*SETTINGS, *ZVM_SETTINGS)
+        if getattr(args, s.option) is not None
+    }
     sizes: dict[str, int] = {}
     for item in args.size or []:
         key, sep, value = item.partition("=")
@@ -71,11 +74,6 @@ def cmd_init(args: argparse.Namespace) -> Result:
             raise InputError(f"--size {item!r}: expected MOUNT=SIZE, e.g. /usr=2G")
         sizes[key] = parse_size(value, f"--size {key}")
     config = make_config(values, sizes)
-    if config.backend not in hypervisor.AVAILABLE:  # say so before anything is made
-        raise InputError(
-            f"--backend {config.backend}: the {hypervisor.title(config.backend)} backend is"
-            " not available yet; use --backend local"
-        )
     home = resolve_home(args.home)
     site = init_site(home, config, _ui(args))
     data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}
@@ -181,7 +179,8 @@ def cmd_clonerw(args: argparse.Namespace) -> Result:
 
 
 def cmd_install(args: argparse.Namespace) -> Result:
-    return outcome(install.install(_site(args), _ui(args), _opts(args), args.distro))
+    tree = Path(args.tree) if args.tree is not None else None
+    return outcome(install.install(_site(args), _ui(args), _opts(args), args.distro, tree))
 
 
 def cmd_cloneprep(args: argparse.Namespace) -> Result:

@@ -16,7 +16,7 @@ from sharedroot.cli import commands as c
 from sharedroot.errors import InputError
 from sharedroot.model.parm import check_netmask
 from sharedroot.model.types import guest_name
-from sharedroot.store.settings import SETTINGS
+from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
 
 MAX_TIMEOUT = 86400.0  # a day: longer is a typo, and time.monotonic() arithmetic stays sane
@@ -220,10 +220,10 @@ def build_parser() -> ArgumentParser:
         default="paper",
         help="paper: the guests of §1.4 and the disks of Table 1-1",
     )
-    for s in SETTINGS:
+    for s in (*SETTINGS, *ZVM_SETTINGS):
         p.add_argument(
-            f"--{s.key.replace('_', '-')}",
-            dest=s.key,
+            f"--{s.option.replace('_', '-')}",
+            dest=s.option,
             metavar=s.metavar,
             help=f"{s.help} (default: {s.default})",
         )
@@ -320,6 +320,12 @@ def build_parser() -> ArgumentParser:
         " (§1.5.4)",
     )
     p.add_argument("--distro", choices=["debian-bookworm"], help="default: the site's distro")
+    p.add_argument(
+        "--tree",
+        metavar="DIR",
+        help="lay this root tree (a directory holding a whole Linux system, e.g. one your"
+        " own image builder made) onto the disks instead of building Debian",
+    )
     _writer_flags(p)
 
     p = add(

@@ -24,6 +24,7 @@ from pathlib import Path
 from sharedroot.errors import OperationError
 from sharedroot.guestos import earlybind
 from sharedroot.guestos.fstab import write_fstab
+from sharedroot.guestos.platform import VIRTIO, Platform
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DiskKind
@@ -448,43 +449,15 @@ def populate_disks(
 ) -> None:
     """Build each layout disk's image from the tree: filesystems from their subtree, swap.
 
-    Each filesystem disk gets what lies under its mount point, without what belongs to
-    deeper mount points (those stay as empty directories on the parent). VDISKs are
-    skipped: they are made fresh at each start. With `guest_fstab`, /etc/fstab is
-    rewritten for `layout`. With `staged`, `tree` is already a throw-away copy (from
-    `staged_tree`) and is taken apart in place.
+    VDISKs are skipped: they are made fresh at each start. With `guest_fstab`,
+    /etc/fstab is rewritten for `layout`. With `staged`, `tree` is already a
+    throw-away copy (from `staged_tree`) and is taken apart in place.
     """
     if not staged:
         with staged_tree(tree) as copy:
             populate_disks(copy, layout, images, guest_fstab=guest_fstab, staged=True)
         return
-    if guest_fstab:
-        write_fstab(tree, layout)
-    parts = tree.parent / "parts"
-    parts.mkdir(exist_ok=True)
-    fs_disks = [d for d in layout if d.kind is DiskKind.FS and d.mount is not None]
-    sources: dict[str, Path] = {}
-    # Deepest mount points first, so /usr/local leaves /usr before /usr leaves /.
-    for disk in sorted(fs_disks, key=lambda d: -len(Path(str(d.mount)).parts)):
-        assert disk.mount is not None
-        if disk.mount == "/":
-            sources[disk.address] = tree
-            continue
-        inside = tree / disk.mount.lstrip("/")
-        part = parts / disk.address
-        if inside.is_symlink() or (inside.exists() and not inside.is_dir()):
-            raise OperationError(f"mount point {disk.mount} is not a directory in the tree")
-        if inside.is_dir():
-            st = inside.stat()
-            inside.rename(part)
-        else:
-            st = None
-            part.mkdir(mode=0o755)
-        inside.mkdir(mode=0o755)
-        if st is not None:
-            os.chown(inside, st.st_uid, st.st_gid)
-            inside.chmod(st.st_mode & 0o7777)
-        sources[disk.address] = part
+    sources = split_tree(tree, layout, guest_fstab=guest_fstab)
     for disk in layout:
         image = images.get(disk.address)
         if image is None or disk.kind is DiskKind.VDISK:
@@ -516,6 +489,45 @@ def populate_disks(
             tmp.rename(image)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def split_tree(
+    tree: Path, layout: Layout, *, guest_fstab: bool = True, platform: Platform = VIRTIO
+) -> dict[str, Path]:
+    """Take a staged tree apart by mount point: each filesystem disk's source directory.
+
+    Each filesystem disk gets what lies under its mount point, without what belongs to
+    deeper mount points (those stay as empty directories on the parent). With
+    `guest_fstab`, /etc/fstab is rewritten for `layout` on `platform` first.
+    """
+    if guest_fstab:
+        write_fstab(tree, layout, platform=platform)
+    parts = tree.parent / "parts"
+    parts.mkdir(exist_ok=True)
+    fs_disks = [d for d in layout if d.kind is DiskKind.FS and d.mount is not None]
+    sources: dict[str, Path] = {}
+    # Deepest mount points first, so /usr/local leaves /usr before /usr leaves /.
+    for disk in sorted(fs_disks, key=lambda d: -len(Path(str(d.mount)).parts)):
+        assert disk.mount is not None
+        if disk.mount == "/":
+            sources[disk.address] = tree
+            continue
+        inside = tree / disk.mount.lstrip("/")
+        part = parts / disk.address
+        if inside.is_symlink() or (inside.exists() and not inside.is_dir()):
+            raise OperationError(f"mount point {disk.mount} is not a directory in the tree")
+        if inside.is_dir():
+            st = inside.stat()
+            inside.rename(part)
+        else:
+            st = None
+            part.mkdir(mode=0o755)
+        inside.mkdir(mode=0o755)
+        if st is not None:
+            os.chown(inside, st.st_uid, st.st_gid)
+            inside.chmod(st.st_mode & 0o7777)
+        sources[disk.address] = part
+    return sources
 
 
 def make_swap(path: Path, size: int) -> None:

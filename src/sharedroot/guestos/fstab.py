@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sharedroot.errors import InputError
+from sharedroot.guestos.platform import PLATFORMS, VIRTIO, Platform
 from sharedroot.model.layout import (
     FS_TYPES,
     Layout,
@@ -18,7 +19,7 @@ from sharedroot.model.types import DiskKind, shown
 
 # Each field of a line is checked by a full match right before the file is written: a
 # blank, `#` or newline in a value would make fields or lines that the layout never had.
-_DEVICE = re.compile(r"/dev/disk/by-id/virtio-[0-9A-F]{4}")
+_DEVICES = tuple(p.device_rule for p in PLATFORMS)
 _PSEUDO = ("tmpfs", "none")  # sources that are not paths
 _OPTIONS = re.compile(r"[a-z0-9_=.-]+(?:,[a-z0-9_=.-]+)*")
 _FS = re.compile(r"[a-z0-9]+")
@@ -27,7 +28,8 @@ _DUMP_PASS = re.compile(r"[0-9] [0-9]")
 
 def _line(source: str, mount: str, fs: str, options: str, dump_pass: str) -> str:
     what = f"fstab line for {mount!r}"
-    if not (_DEVICE.fullmatch(source) or source in _PSEUDO or plain_path(source)):
+    device = any(rule.fullmatch(source) for rule in _DEVICES)
+    if not (device or source in _PSEUDO or plain_path(source)):
         raise InputError(f"{what}: device {shown(source)} is not a plain path")
     if mount != "none" and not plain_path(mount):
         raise InputError(f"{what}: mount point is not a plain path")
@@ -49,21 +51,29 @@ def _extra_line(line: str) -> str:
 
 
 def write_fstab(
-    root_dir: Path, layout: Layout, *, readonly: bool = False, extra: Sequence[str] = ()
+    root_dir: Path,
+    layout: Layout,
+    *,
+    readonly: bool = False,
+    extra: Sequence[str] = (),
+    platform: Platform = VIRTIO,
 ) -> None:
     """Write root_dir/etc/fstab naming every disk by its address, never by UUID or label.
+
+    The platform says how: `/dev/disk/by-id/virtio-01B1` under QEMU, the paper's
+    `/dev/disk/by-path/ccw-0.0.01b1-part1` on z/VM.
 
     With `readonly`, the layout's read-only disks are mounted `ro` with fsck pass 0
     (a read-only clone links them RR); otherwise every filesystem is read-write.
     """
-    lines = ["# sharedroot: disks by address (virtio serial), never UUID or LABEL"]
+    lines = [f"# sharedroot: disks by address ({platform.bus.value}), never UUID or LABEL"]
     # Filesystems parents first (/ before /usr), then swap, as people expect to read it.
     order = sorted(
         layout,
         key=lambda d: (d.kind is not DiskKind.FS, len(Path(d.mount or "/").parts), d.address),
     )
     for disk in order:
-        dev = f"/dev/disk/by-id/virtio-{check_layout_address(disk.address, 'fstab: address')}"
+        dev = platform.filesystem(check_layout_address(disk.address, "fstab: address"))
         if disk.kind is DiskKind.FS:
             check_mount(disk.mount, f"fstab: disk {disk.address}: mount")
             if disk.mount is None or disk.fs not in FS_TYPES:

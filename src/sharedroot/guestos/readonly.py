@@ -18,6 +18,7 @@ from sharedroot.guestos import earlybind
 from sharedroot.guestos.debian import chroot_mounts
 from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
+from sharedroot.guestos.platform import VIRTIO, Platform
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, parse_boot_config, render_boot_config
 from sharedroot.model.layout import Layout
 from sharedroot.run import run
@@ -56,7 +57,7 @@ def _kernel_versions(root: Path) -> list[str]:
     return sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
 
 
-def make_readonly(root: Path, layout: Layout, log: Log) -> None:
+def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIRTIO) -> None:
     """Convert the system mounted at `root` (all its layout disks, read-write) in place."""
     check_supported(root)
     local = next((d for d in layout.private if d.mount == "/local"), None)
@@ -68,6 +69,7 @@ def make_readonly(root: Path, layout: Layout, log: Log) -> None:
         layout,
         readonly=True,
         extra=[f"/{PKGDB}\t/{PKGDB_MOUNT}\tnone\tbind,ro\t0 0"],
+        platform=platform,
     )
     log("machine-id: uninitialized (each clone makes its own at first boot)")
     _write(root / "etc/machine-id", "uninitialized\n", 0o444)

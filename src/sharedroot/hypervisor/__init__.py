@@ -1,18 +1,25 @@
-"""Hypervisor backends, chosen by name from the site config."""
+"""Hypervisor backends, chosen by name from the site config.
+
+Each entry of the registry is a module imported only when a site uses it, with a
+`create(config, home, state)` factory: a local site never imports the z/VM code.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
 
 from sharedroot.errors import InputError
 from sharedroot.hypervisor.base import Hypervisor
-from sharedroot.hypervisor.local import LocalBackend
 from sharedroot.store.config import SITE_FILE, SiteConfig
 from sharedroot.store.state import State
 
-AVAILABLE = ("local",)  # backends this build can run; site.toml may name more
+REGISTRY = {
+    "local": "sharedroot.hypervisor.local",
+    "zvm": "sharedroot.hypervisor.zvm.backend",
+}
 _TITLES = {"zvm": "z/VM", "libvirt": "libvirt"}
 
 
@@ -28,11 +35,13 @@ def cache_dir() -> Path:
 
 def new(config: SiteConfig, home: Path, state: State) -> Hypervisor:
     """The backend the site config names."""
-    if config.backend == "local":
-        return LocalBackend(home, state, config.guests.admin, cache_dir())
-    # Name the file and key to edit: the setting is valid, this build just lacks the backend.
-    name = json.dumps(config.backend)  # as TOML writes it
-    raise InputError(
-        f"{home / SITE_FILE}: [site] backend = {name}: the {title(config.backend)} backend"
-        ' is not available yet; use backend = "local"'
-    )
+    module = REGISTRY.get(config.backend)
+    if module is None:
+        # Name the file and key to edit: the setting is valid, this build just lacks the backend.
+        name = json.dumps(config.backend)  # as TOML writes it
+        raise InputError(
+            f"{home / SITE_FILE}: [site] backend = {name}: the {title(config.backend)} backend"
+            f" is not available; use one of {', '.join(REGISTRY)}"
+        )
+    backend: Hypervisor = importlib.import_module(module).create(config, home, state)
+    return backend

@@ -1,13 +1,20 @@
-"""The CP-like primitives every backend provides; workflows use nothing else."""
+"""The CP-like primitives every backend provides; workflows use nothing else.
+
+The seam fits both kinds of backend: image files on a host (local) and block devices
+reached through a hypervisor (z/VM minidisks, LINKed to the worker and enabled). A
+disk is never handed out as a file to rewrite: the worker attaches it for as long as
+it needs it (`attach`), and a backend fills or copies it its own way.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
-from sharedroot.model.types import DiskKind, GuestState, Mode, Role
+from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.store.rows import DiskRow, LinkRow
 
 
@@ -22,15 +29,34 @@ class StartRequest:
 
 class Hypervisor(Protocol):
     name: str
+    bus: DeviceBus  # how guests see their disks (the guest-OS platform follows from it)
 
+    def recover(self) -> None:
+        """Undo what a killed command left on the worker (on z/VM: its links).
+
+        Called with the site's write lock held, before a command writes anything.
+        """
+        ...
+
+    # guests -------------------------------------------------------------------
     def query(self, guest: str) -> GuestState:
         """CP QUERY userid: no such guest (rc 3), logged off (rc 45), logged on (rc 0)."""
         ...
 
-    def define_guest(self, guest: str, role: Role) -> None: ...
+    def logged_on(self) -> set[str]:
+        """Every logged-on guest, in one call (CP QUERY NAMES), for reports on many."""
+        ...
+
+    def define_guest(self, guest: str, role: Role, *, adopt: bool = False) -> None:
+        """Create the guest; with `adopt`, an existing definition is taken over instead.
+
+        (`init` on z/VM adopts what a site that followed the paper by hand already has.)
+        """
+        ...
 
     def delete_guest(self, guest: str) -> None: ...
 
+    # disks and links ------------------------------------------------------------
     def add_disk(
         self, guest: str, address: str, kind: DiskKind, size: int, fs: str | None
     ) -> DiskRow:
@@ -40,13 +66,51 @@ class Hypervisor(Protocol):
     def remove_disk(self, guest: str, address: str) -> None: ...
 
     def link(self, guest: str, address: str, owner: str, owner_address: str, mode: Mode) -> None:
-        """LINK owner owner_address address mode, with CP's rules for write access."""
+        """The guest gets owner's disk at `address` (a directory LINK), CP's write rules."""
         ...
 
     def detach(self, guest: str, address: str) -> None: ...
 
+    def set_profile(self, guest: str, profile: str, links: list[tuple[str, str, str]]) -> None:
+        """Give a read-only clone a gold slot's shared disks: `links` (address, owner,
+        owner address), all RR. On z/VM the clone INCLUDEs the slot's directory profile
+        (`profile`: S10DFLT, S10DFLT2), as in the paper; locally it gets the RR links.
+        """
+        ...
+
     def links_to(self, owner: str, address: str | None = None) -> list[LinkRow]:
-        """Who links a disk (QUERY LINKS)."""
+        """Who uses a disk (QUERY LINKS), the owner itself left out."""
+        ...
+
+    def check_disk(self, guest: str, address: str) -> None:
+        """The disk exists and is what the store records (a whole image, a minidisk)."""
+        ...
+
+    def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
+        """Which of a guest's devices (all, or those at `addresses`) have lost their disk."""
+        ...
+
+    def attach(
+        self, guest: str, address: str, *, write: bool = False
+    ) -> AbstractContextManager[Path]:
+        """A guest's disk on the worker, as something `mount` takes, for the `with` body.
+
+        On z/VM: LINK to a free worker address, enable, yield the device node; on exit
+        (also on error) disable and DETACH. With `write`, the guest must be logged off
+        and nobody else may use the disk: checked here, right before the worker writes.
+        """
+        ...
+
+    def fill_disk(
+        self,
+        guest: str,
+        address: str,
+        kind: DiskKind,
+        fs: str | None,
+        tree: Path | None = None,
+        label: str | None = None,
+    ) -> None:
+        """Format the disk with `fs` (or swap) and fill it from `tree` (same guards as a copy)."""
         ...
 
     def copy_disk(
@@ -62,6 +126,11 @@ class Hypervisor(Protocol):
         """FLASHCOPY, else DDR: refused onto a logged-on guest or a disk others link."""
         ...
 
+    def stamp(self, guest: str, address: str) -> list[int] | None:
+        """A cheap change stamp of a disk's content (size, mtime), or None: hash it."""
+        ...
+
+    # the admin disk ---------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:
         """Write a guest's parm file onto the admin disk (CMSCLONE 0192)."""
         ...
@@ -70,28 +139,13 @@ class Hypervisor(Protocol):
 
     def remove_parm(self, guest: str) -> None: ...
 
-    def missing_devices(self, guest: str, addresses: list[str] | None = None) -> list[str]:
-        """Which of a guest's devices (all, or those at `addresses`) have lost their disk."""
-        ...
-
-    def worker_path(self, guest: str, address: str, *, write: bool = False) -> Path:
-        """A guest's disk as the worker can mount it (LINK + enable on z/VM).
-
-        With `write`, the guest must be logged off and nobody else may link the disk:
-        checked here, right before the worker writes it.
-        """
-        ...
-
-    def replace_disk(self, guest: str, address: str, image: Path) -> None:
-        """Put a freshly built filesystem image onto a guest's disk (same guards as a copy)."""
-        ...
-
-    def start(self, guest: str, request: StartRequest) -> int:
-        """LOGON + IPL: boot the guest from its boot disk; returns its process id."""
+    # LOGON, IPL, LOGOFF -------------------------------------------------------------
+    def start(self, guest: str, request: StartRequest) -> None:
+        """LOGON + IPL: boot the guest from its boot disk."""
         ...
 
     def wait_ready(self, guest: str, timeout: float) -> None:
-        """Until the guest's agent answers."""
+        """Until the guest answers (its agent; on z/VM, SSH to its parm-file address)."""
         ...
 
     def stop(self, guest: str, timeout: float) -> str:

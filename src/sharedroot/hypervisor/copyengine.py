@@ -38,6 +38,8 @@ class Method(StrEnum):
     REFLINK = "reflink"
     COPY_FILE_RANGE = "copy_file_range"
     SPARSE = "sparse"
+    FLASHCOPY = "flashcopy"  # z/VM: CP FLASHCOPY between two linked minidisks
+    DD = "dd"  # z/VM: the COPYMDSK fallback, dd between the enabled devices
 
 
 ALL_METHODS: tuple[Method, ...] = (Method.REFLINK, Method.COPY_FILE_RANGE, Method.SPARSE)
@@ -140,7 +142,7 @@ def _hash_fd(fd: int, size: int) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """Hex digest of the logical content of `path` (holes read as zeros).
+    """Hex digest of the logical content of `path`, an image or a disk (holes read as zeros).
 
     Only 1 MiB blocks that hold data are read; all-zero blocks are skipped like holes, so
     files with the same bytes but different hole layout hash the same.
@@ -153,10 +155,14 @@ def content_hash(path: Path) -> str:
         raise OperationError(f"cannot hash {path}: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"cannot hash {path}: not a regular file")
+        if stat.S_ISBLK(st.st_mode):  # a disk attached to the worker (z/VM minidisk)
+            size = os.lseek(fd, 0, os.SEEK_END)
+        elif stat.S_ISREG(st.st_mode):
+            size = st.st_size
+        else:
+            raise InputError(f"cannot hash {path}: not a regular file or block device")
         try:
-            return _hash_fd(fd, st.st_size)
+            return _hash_fd(fd, size)
         except OSError as exc:
             raise OperationError(f"cannot hash {path}: {exc.strerror}") from exc
     finally:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError
 from sharedroot.files import regular_file, run_directory
-from sharedroot.hypervisor import qemu
+from sharedroot.hypervisor import cache_dir, qemu
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
 from sharedroot.hypervisor.ipl import extract_boot_files
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
-from sharedroot.model.types import DiskKind, GuestState, Mode, Role
+from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
+from sharedroot.store.config import SiteConfig
 from sharedroot.store.rows import DiskRow, LinkRow
 from sharedroot.store.state import State
 
@@ -47,8 +50,8 @@ def make_filesystem(
         argv: list[str | Path] = ["mke2fs", "-q", "-F", "-t", fs]
         if label:
             argv += ["-L", label]
-        if source is not None:
-            argv += ["-d", source]
+        if source is not None:  # files owned as in the tree, the top directory by root
+            argv += ["-E", "root_owner=0:0", "-d", source]
         run([*argv, image])
     else:
         raise InputError(f"cannot make a filesystem of type {fs!r}")
@@ -67,8 +70,13 @@ def check_image(path: Path, size: int, what: str) -> None:
         )
 
 
+def create(config: SiteConfig, home: Path, state: State) -> LocalBackend:
+    return LocalBackend(home, state, config.guests.admin, cache_dir())
+
+
 class LocalBackend:
     name = "local"
+    bus = DeviceBus.VIRTIO
 
     def __init__(self, home: Path, state: State, admin: str, cache_dir: Path) -> None:
         self.home = home
@@ -94,7 +102,13 @@ class LocalBackend:
     def _admin_files(self) -> Path:
         return self.disk_dir / self.admin / f"{ADMIN_OWN_ADDRESS}.files"
 
+    def recover(self) -> None:
+        """Nothing to undo: a killed command's mounts and loop devices died with it."""
+
     # guests -----------------------------------------------------------------
+    def logged_on(self) -> set[str]:
+        return {g.name for g in self.state.guests() if self.is_locked(g.name)}
+
     def query(self, guest: str) -> GuestState:
         if self.state.guest(guest) is None:
             return GuestState.NO_SUCH
@@ -124,7 +138,8 @@ class LocalBackend:
             raise RefusedError(f"{guest} is already logged on") from None
         return fd
 
-    def define_guest(self, guest: str, role: Role) -> None:
+    def define_guest(self, guest: str, role: Role, *, adopt: bool = False) -> None:
+        # Nothing exists outside the store to adopt: `adopt` changes nothing here.
         if self.state.guest(guest) is not None:
             raise RefusedError(f"{guest} is already defined")
         self.state.add_guest(guest, role)
@@ -185,8 +200,14 @@ class LocalBackend:
             raise RefusedError(f"{guest} has no link at {address}")
         self.state.delete_link(guest, address)
 
+    def set_profile(self, guest: str, profile: str, links: list[tuple[str, str, str]]) -> None:
+        for addr, owner, owner_addr in links:
+            if self.state.link(guest, addr) is not None:
+                self.detach(guest, addr)
+            self.link(guest, addr, owner, owner_addr, Mode.RR)
+
     def links_to(self, owner: str, address: str | None = None) -> list[LinkRow]:
-        return self.state.links_to(owner, address)
+        return [lk for lk in self.state.links_to(owner, address) if lk.guest != owner]
 
     # copy -------------------------------------------------------------------
     def copy_disk(
@@ -218,22 +239,40 @@ class LocalBackend:
         self.state.set_disk_size(dst_owner, dst_address, src.size)
         return result
 
-    def replace_disk(self, guest: str, address: str, image: Path) -> None:
+    def fill_disk(
+        self,
+        guest: str,
+        address: str,
+        kind: DiskKind,
+        fs: str | None,
+        tree: Path | None = None,
+        label: str | None = None,
+    ) -> None:
         disk = self._require_writable(guest, address)
-        size = image.stat().st_size
-        if size > disk.size:
-            raise RefusedError(f"{guest} {address}: image of {size} bytes exceeds the disk")
         target = self.disk_file(disk)
+        # Built beside the old image and renamed over it: an interrupted fill leaves
+        # the old disk or the new one, never half of one.
+        tmp = target.with_name(f".{target.name}.new")
         try:
-            os.replace(image, target)  # the store's own temp area: same filesystem
-        except OSError:
-            copy_image(image, target)
-            image.unlink()
+            make_filesystem(tmp, kind, disk.size, fs, tree, label)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def worker_path(self, guest: str, address: str, *, write: bool = False) -> Path:
-        if write:  # checked again right before the worker mounts it read-write
-            return self.disk_file(self._require_writable(guest, address))
-        return self.disk_file(self._require_disk(guest, address))
+    def check_disk(self, guest: str, address: str) -> None:
+        self._require_disk(guest, address)
+
+    def stamp(self, guest: str, address: str) -> list[int] | None:
+        st = self.disk_file(self._require_disk(guest, address)).stat()
+        return [st.st_size, st.st_mtime_ns]
+
+    @contextmanager
+    def attach(self, guest: str, address: str, *, write: bool = False) -> Iterator[Path]:
+        # An image file: mount(8) loop-mounts it itself (autoclear), nothing to undo.
+        if write:  # checked right before the worker mounts it read-write
+            yield self.disk_file(self._require_writable(guest, address))
+        else:
+            yield self.disk_file(self._require_disk(guest, address))
 
     # LOGON, IPL, LOGOFF ------------------------------------------------------
     def _device(self, guest: str, address: str) -> qemu.Drive:
@@ -263,7 +302,7 @@ class LocalBackend:
             if (addresses is None or d.address in addresses) and not d.path.is_file()
         ]
 
-    def start(self, guest: str, request: StartRequest) -> int:
+    def start(self, guest: str, request: StartRequest) -> None:
         self._require_guest(guest)
         self._require_logged_off(guest)
         missing = self.missing_devices(guest)
@@ -292,7 +331,7 @@ class LocalBackend:
                 memory_mb=request.memory_mb,
             )
             try:
-                return qemu.launch(spec, lock_fd=lock)
+                qemu.launch(spec, lock_fd=lock)
             finally:
                 for d in drives:
                     if d.ephemeral:

@@ -123,6 +123,13 @@ class Role(StrEnum):
     RO_CLONE = "ro"  # read-only clone linking a gold slot
 
 
+class DeviceBus(StrEnum):
+    """How a guest sees its disks, named by address (the paper: never by UUID)."""
+
+    VIRTIO = "virtio"  # /dev/disk/by-id/virtio-01B1 (QEMU virtio-blk, serial=address)
+    CCW = "ccw"  # /dev/disk/by-path/ccw-0.0.01b1 (z/VM minidisks, virtio-blk-ccw)
+
+
 class DiskKind(StrEnum):
     FS = "fs"  # a filesystem
     SWAP = "swap"  # swap on a disk of its own

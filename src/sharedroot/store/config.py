@@ -30,7 +30,7 @@ from sharedroot.model.types import (
     parse_size,
     shown,
 )
-from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY
+from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY, ZVM_SETTINGS, ZVM_SETTINGS_BY_KEY
 
 SITE_FILE = "site.toml"
 ROLE_KEYS = ("maintenance", "test", "staging", "worker", "admin")
@@ -54,6 +54,23 @@ class PipelineGuests:
 
 
 @dataclass(frozen=True)
+class ZvmSettings:
+    """[zvm]: how the z/VM backend reaches CP, the directory and the worker's devices."""
+
+    directory: str = "smcli"
+    smcli: str = "smcli"
+    link_range: str = "F000-F0FF"
+    device_type: str = "3390"
+    allocation_group: str = "POOL1"
+    signal_within: int = 60
+    manual_wait: int = 3600
+
+    def link_addresses(self) -> range:
+        first, last = self.link_range.split("-")
+        return range(int(first, 16), int(last, 16) + 1)
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     backend: str
     prefix: str
@@ -62,6 +79,7 @@ class SiteConfig:
     memory_mb: int
     guests: PipelineGuests
     layout: Layout
+    zvm: ZvmSettings = ZvmSettings()
 
     def slot_holder(self, slot: int) -> str:
         if not 1 <= slot <= self.gold_slots:
@@ -84,6 +102,9 @@ def default_guests(prefix: str, slots: int) -> PipelineGuests:
 def make_config(values: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> SiteConfig:
     """A paper-layout config from setting values (as `init` gets them) and size overrides."""
     parsed = {s.key: s.parse(values.get(s.key, s.default), s.key) for s in SETTINGS}
+    zvm = ZvmSettings(
+        **{s.key: s.parse(values.get(s.option, s.default), s.option) for s in ZVM_SETTINGS}
+    )
     disks = []
     by_mount = dict(sizes or {})
     for d in PAPER_LAYOUT:
@@ -93,7 +114,7 @@ def make_config(values: Mapping[str, Any], sizes: Mapping[str, int] | None = Non
     if by_mount:
         raise InputError(f"--size {next(iter(by_mount))}: no such mount point or address")
     guests = default_guests(parsed["prefix"], parsed["gold_slots"])
-    config = SiteConfig(guests=guests, layout=Layout(tuple(disks)), **parsed)
+    config = SiteConfig(guests=guests, layout=Layout(tuple(disks)), zvm=zvm, **parsed)
     _check_guests(config.guests, "settings")
     return config
 
@@ -172,10 +193,15 @@ def _one_line(text: str) -> str:
 
 
 def _parse(raw: Mapping[str, Any]) -> SiteConfig:
-    _reject_unknown(raw, ("site", "guests", "disks"), "top level")
+    _reject_unknown(raw, ("site", "zvm", "guests", "disks"), "top level")
     site = _table(raw.get("site", {}), "[site]")
     _reject_unknown(site, tuple(SETTINGS_BY_KEY), "[site]")
     parsed = {s.key: s.parse(site.get(s.key, s.default), f"[site] {s.key}") for s in SETTINGS}
+    ztab = _table(raw.get("zvm", {}), "[zvm]")
+    _reject_unknown(ztab, tuple(ZVM_SETTINGS_BY_KEY), "[zvm]")
+    zvm = ZvmSettings(
+        **{s.key: s.parse(ztab.get(s.key, s.default), f"[zvm] {s.key}") for s in ZVM_SETTINGS}
+    )
     defaults = default_guests(parsed["prefix"], parsed["gold_slots"])
     gtab = _table(raw.get("guests", {}), "[guests]")
     _reject_unknown(gtab, (*ROLE_KEYS, "gold"), "[guests]")
@@ -212,7 +238,7 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
             by_mount[d.mount] = _key(key)
         disks.append(d)
     check_layout(disks, "[disks]")
-    return SiteConfig(guests=guests, layout=Layout(tuple(disks)), **parsed)
+    return SiteConfig(guests=guests, layout=Layout(tuple(disks)), zvm=zvm, **parsed)
 
 
 def _disk(key: str, value: Any) -> DiskSpec:
@@ -270,6 +296,12 @@ def render_config(config: SiteConfig) -> str:
         value = getattr(config, s.key)
         text = _toml_str(value) if isinstance(value, str) else str(value)
         out.append(f"{s.key} = {text}  # {s.help}")
+    if config.backend == "zvm":
+        out.append("\n[zvm]")
+        for s in ZVM_SETTINGS:
+            value = getattr(config.zvm, s.key)
+            text = _toml_str(value) if isinstance(value, str) else str(value)
+            out.append(f"{s.key} = {text}  # {s.help}")
     out.append("\n[guests]")
     for key in ROLE_KEYS:
         out.append(f"{key} = {_toml_str(getattr(config.guests, key))}")

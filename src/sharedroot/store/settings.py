@@ -49,13 +49,46 @@ def _prefix(value: Any, key: str) -> str:
     return value.upper()
 
 
+_HEX_RANGE = re.compile(r"([0-9A-Fa-f]{4})-([0-9A-Fa-f]{4})")
+_POOL = re.compile(r"[A-Za-z0-9@#$]{1,8}")
+
+
+def _address_range(value: Any, key: str) -> str:
+    m = _HEX_RANGE.fullmatch(value) if isinstance(value, str) else None
+    if m is None or int(m[1], 16) > int(m[2], 16):
+        raise InputError(f"{key} = {shown(value)}: must be FROM-TO, two 4-digit hex addresses")
+    return f"{m[1]}-{m[2]}".upper()
+
+
+def _pool(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _POOL.fullmatch(value):
+        raise InputError(f"{key} = {shown(value)}: must be 1-8 characters of A-Z 0-9 @ # $")
+    return value.upper()
+
+
+def _program(value: Any, key: str) -> str:
+    # A program name looked up on PATH, or an absolute path: never a shell snippet.
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[A-Za-z0-9_.+-]+|(/[A-Za-z0-9_.+-]+)+", value
+    ):
+        raise InputError(f"{key} = {shown(value)}: must be a program name or an absolute path")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Setting:
-    key: str  # the key under [site] in site.toml, and the --key option of `init`
+    key: str  # the key in its section of site.toml; `init` takes it as --key (--zvm-key)
     parse: Callable[[Any, str], Any]
     default: Any
     help: str
     metavar: str = "VALUE"
+    section: str = "site"  # [site], or the table of the backend it belongs to ([zvm])
+
+    @property
+    def option(self) -> str:
+        """The `init` option (and argparse dest) of this setting."""
+        prefix = "" if self.section == "site" else f"{self.section}_"
+        return f"{prefix}{self.key}"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -90,4 +123,66 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# The z/VM backend's settings: [zvm] in site.toml (see the paper's LNXCLONE, §1.4).
+ZVM_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "directory",
+        _choice(("smcli", "manual")),
+        "smcli",
+        "how user directory changes are made: smcli (SMAPI through Feilong's zthin) or"
+        " manual (sharedroot prints the USER DIRECT entry; an administrator applies it)",
+        "METHOD",
+        "zvm",
+    ),
+    Setting(
+        "smcli",
+        _program,
+        "smcli",
+        "the smcli program (on PATH, else /opt/zthin/bin/smcli)",
+        "PATH",
+        "zvm",
+    ),
+    Setting(
+        "link_range",
+        _address_range,
+        "F000-F0FF",
+        "worker (LNXCLONE) addresses that sharedroot LINKs other guests' disks at",
+        "FROM-TO",
+        "zvm",
+    ),
+    Setting(
+        "device_type",
+        _choice(("3390",)),
+        "3390",
+        "device type of new minidisks (ECKD 3390: dasdfmt, fdasd, partition 1)",
+        "TYPE",
+        "zvm",
+    ),
+    Setting(
+        "allocation_group",
+        _pool,
+        "POOL1",
+        "SMAPI allocation group (region) new minidisks are taken from",
+        "GROUP",
+        "zvm",
+    ),
+    Setting(
+        "signal_within",
+        _int_range(0, 3600),
+        60,
+        "seconds `stop` gives a guest (SIGNAL SHUTDOWN ... WITHIN n) before FORCE",
+        "SECONDS",
+        "zvm",
+    ),
+    Setting(
+        "manual_wait",
+        _int_range(0, 86400),
+        3600,
+        "seconds the manual directory method waits for CP to show a change online",
+        "SECONDS",
+        "zvm",
+    ),
+)
+
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+ZVM_SETTINGS_BY_KEY = {s.key: s for s in ZVM_SETTINGS}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sharedroot.guestos import cloneprep as prep
-from sharedroot.guestos.mount import mounted_tree
 from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
+from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
 
@@ -35,11 +35,7 @@ def cloneprep(
         guards.not_linked(site, guest, [d.address for d in filesystems])
 
         def clean() -> dict[str, object]:
-            mounts = [
-                (str(d.mount), site.hv.worker_path(guest, d.address, write=True), str(d.fs))
-                for d in filesystems
-            ]
-            with mounted_tree(mounts) as root:
+            with guest_tree(site, guest, filesystems, write=True) as root:
                 changes = prep.cloneprep(root, [op.name for op in selected], log=ui.step)
             return {"guest": guest, "changes": changes}
 

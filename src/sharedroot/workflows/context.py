@@ -145,6 +145,7 @@ class Site:
             os.close(fd)
 
     def _clear_up(self, ui: UI | None) -> None:
+        self.hv.recover()  # e.g. the LINKs a killed command left on the worker
         with self.state.transaction():
             dead = self.state.settle_interrupted()
         incomplete = self.state.incomplete()

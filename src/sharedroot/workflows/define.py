@@ -7,8 +7,6 @@ then defines it afresh.
 
 from __future__ import annotations
 
-import shutil
-
 from sharedroot.errors import RefusedError
 from sharedroot.model.layout import ADMIN_LINK_ADDRESS, ADMIN_OWN_ADDRESS
 from sharedroot.model.parm import Identity, format_parm
@@ -17,17 +15,16 @@ from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perfo
 
 
 def _undo(site: Site, guest: str) -> None:
-    """Remove whatever a define of `guest` made: parm file, links, disks, row."""
+    """Remove whatever a define of `guest` made: parm file, links, disks, definition."""
     if site.hv.get_parm(guest) is not None:
         site.hv.remove_parm(guest)
     with site.state.transaction():
         for link in site.state.links(guest):
             site.hv.detach(guest, link.address)
-        for disk in site.state.disks(guest):
-            site.state.delete_disk(guest, disk.address)
-        site.state.delete_guest(guest)
+    if site.state.guest(guest) is not None:
+        site.hv.delete_guest(guest)  # its disks with it
+    with site.state.transaction():
         site.state.mark_complete(guest)
-    shutil.rmtree(site.home / "disks" / guest, ignore_errors=True)
 
 
 def define(
@@ -46,7 +43,7 @@ def define(
         redo = half is not None and half.operation == "define"
         if site.state.guest(guest) is not None and not redo:
             raise RefusedError(f"{guest} is already defined")
-        site.hv.worker_path(admin, ADMIN_OWN_ADDRESS)  # the admin disk is there and whole
+        site.hv.check_disk(admin, ADMIN_OWN_ADDRESS)  # the admin disk is there and whole
         if redo and site.hv.query(guest) is GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is logged on; an incomplete define cannot be redone")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sharedroot.errors import RefusedError
-from sharedroot.hypervisor.copyengine import content_hash
 from sharedroot.model.types import GuestState, Role
+from sharedroot.workflows.attach import disk_hash
 from sharedroot.workflows.context import Site
 
 
@@ -101,11 +101,11 @@ def gold_intact(site: Site, slot: int) -> None:
     if gen is None:
         raise RefusedError(f"gold slot {slot} ({holder}) holds nothing yet; run ro2gold first")
     for addr, want in sorted(gen.hashes.items()):
-        path = site.hv.worker_path(holder, addr)
-        st = path.stat()
-        if gen.stamps.get(addr) == [st.st_size, st.st_mtime_ns]:
+        site.hv.check_disk(holder, addr)
+        stamp = site.hv.stamp(holder, addr)
+        if stamp is not None and gen.stamps.get(addr) == stamp:
             continue
-        if content_hash(path) != want:
+        if disk_hash(site, holder, addr) != want:
             raise RefusedError(
                 f"gold slot {slot}: {holder} {addr} is not the disk generation {gen.id}"
                 f" recorded (its content differs); rerun `sharedroot ro2gold --slot {slot}`"

@@ -40,10 +40,12 @@ def start(
             recover(site, ui, guest)  # a migrate killed half-way is finished first
         guards.complete(site, guest, "a guest to start")
         guards.devices_present(site, guest)
-        step = Step(
-            f"LOGON {guest} and IPL {request.boot_address}",
-            lambda: {"guest": guest, "pid": site.hv.start(guest, request)},
-        )
+
+        def logon() -> dict[str, object]:
+            site.hv.start(guest, request)
+            return {"guest": guest, "started": True}
+
+        step = Step(f"LOGON {guest} and IPL {request.boot_address}", logon)
         outcome = perform(site, ui, opts, "start", {"guest": guest}, [step])
     if wait and not opts.dry_run:
         outcome.results.append(wait_ready(site, ui, guest, timeout))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 from pathlib import Path
 
 import sharedroot
 from sharedroot.errors import InputError
 from sharedroot.guestos import debian, findself
+from sharedroot.guestos.platform import for_bus
 from sharedroot.hypervisor import cache_dir
 from sharedroot.model.parm import check_hostname
+from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
@@ -29,8 +31,23 @@ def guest_files() -> dict[str, bytes | str]:
     return files
 
 
-def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Outcome:
+def own_tree(path: Path) -> Path:
+    """A root tree the user gives: an existing directory that looks like a Linux system."""
+    tree = Path(os.path.normpath(path.absolute()))
+    if not tree.is_dir() or tree.is_symlink():
+        raise InputError(f"--tree {str(path)!r}: not a directory")
+    if tree == Path("/"):
+        raise InputError("--tree /: the worker's own root cannot be installed onto a guest")
+    if not (tree / "etc").is_dir() or not (tree / "usr").is_dir():
+        raise InputError(f"--tree {str(path)!r}: holds no Linux system (no etc/ and usr/)")
+    return tree
+
+
+def install(
+    site: Site, ui: UI, opts: Options, distro: str | None = None, tree_dir: Path | None = None
+) -> Outcome:
     distro = distro or site.config.distro
+    given = own_tree(tree_dir) if tree_dir is not None else None
     if distro != "debian-bookworm":
         raise InputError(f"--distro {distro!r}: only debian-bookworm can be installed so far")
     guest = site.config.guests.maintenance
@@ -39,7 +56,6 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
     hostname = check_hostname(re.sub(r"[^a-z0-9]", "-", guest.lower()).strip("-") or "linux")
     recipe = debian.Recipe(layout=layout, hostname=hostname)
     disks = layout.copied
-    work = site.home / "tmp" / f"install-{guest}"
     with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in disks])
@@ -47,34 +63,37 @@ def install(site: Site, ui: UI, opts: Options, distro: str | None = None) -> Out
         tree: list[Path] = []
 
         def build() -> dict[str, object]:
+            if given is not None:
+                tree.append(given)
+                return {"tree": str(given)}
             tree.append(debian.build_tree(cache_dir(), recipe, log=ui.step))
             return {"tree": str(tree[0]), "recipe": debian.recipe_key(recipe)}
 
         def lay_out() -> None:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            images = {d.address: work / f"{d.address}.img" for d in disks}
             with debian.staged_tree(tree[0]) as stage:
                 debian.install_extra(stage, guest_files(), [findself.UNIT_NAME])
-                debian.populate_disks(stage, layout, images, staged=True)
-            for d in disks:
-                site.hv.replace_disk(guest, d.address, images[d.address])
+                sources = debian.split_tree(stage, layout, platform=for_bus(site.hv.bus))
+                for d in disks:
+                    if d.kind is not DiskKind.VDISK:
+                        site.hv.fill_disk(guest, d.address, d.kind, d.fs, sources.get(d.address))
 
         where = ", ".join(f"{d.address} {d.mount or 'swap'}" for d in disks)
         steps = [
-            Step(f"build or reuse the {distro} golden tree ({debian.recipe_key(recipe)})", build),
+            Step(
+                f"use the tree {given}"
+                if given is not None
+                else f"build or reuse the {distro} golden tree ({debian.recipe_key(recipe)})",
+                build,
+            ),
             Step(f"lay the tree onto {guest}'s disks ({where})", lay_out),
         ]
-        try:
-            return perform(
-                site,
-                ui,
-                opts,
-                "install",
-                {"guest": guest, "distro": distro},
-                steps,
-                f"Do you want to install {distro} onto {guest}, overwriting its disks? y/n",
-                targets=[guest],
-            )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        return perform(
+            site,
+            ui,
+            opts,
+            "install",
+            {"guest": guest, "distro": distro},
+            steps,
+            f"Do you want to install {distro} onto {guest}, overwriting its disks? y/n",
+            targets=[guest],
+        )

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos.mount import mounted_tree
+from sharedroot.guestos.platform import for_bus
 from sharedroot.guestos.readonly import check_supported, make_readonly
-from sharedroot.hypervisor.copyengine import content_hash
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
 from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
+from sharedroot.workflows.attach import disk_hash, guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
 Pairs = Sequence[tuple[str, str]]
@@ -33,7 +32,7 @@ def copy_guards(site: Site, source: str, target: str, pairs: Pairs) -> None:
     guards.has_disks(site, target, [t for _, t in pairs])
     guards.not_linked(site, target, [t for _, t in pairs])
     for s, _ in pairs:
-        site.hv.worker_path(source, s)  # whole: a regular file of the recorded size
+        site.hv.check_disk(source, s)  # whole: what the store records
 
 
 def copy_steps(
@@ -113,22 +112,17 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
     source, target = g.maintenance, g.staging
     pairs = same_addresses(site)
     filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
-
-    def mounts(guest: str, write: bool) -> list[tuple[str, Path, str]]:
-        return [
-            (str(d.mount), site.hv.worker_path(guest, d.address, write=write), str(d.fs))
-            for d in filesystems
-        ]
+    platform = for_bus(site.hv.bus)
 
     with site.locked(ui, writes=not opts.dry_run):
         copy_guards(site, source, target, pairs)
         # Before the staging disks are overwritten: can this system be made read-only?
-        with mounted_tree(mounts(source, False), readonly=True) as root:
+        with guest_tree(site, source, filesystems) as root:
             check_supported(root)
 
         def convert() -> None:
-            with mounted_tree(mounts(target, True)) as root:
-                make_readonly(root, site.config.layout, ui.step)
+            with guest_tree(site, target, filesystems, write=True) as root:
+                make_readonly(root, site.config.layout, ui.step, platform)
 
         steps = copy_steps(site, ui, opts, source, target, pairs)
         steps.append(Step(f"mount {target} on the worker and make it a read-only root", convert))
@@ -193,9 +187,8 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
         copy_guards(site, staging, holder, pairs)
 
         def promote() -> dict[str, object]:
-            paths = {t: site.hv.worker_path(holder, t) for _, t in pairs}
-            hashes = {t: content_hash(path) for t, path in paths.items()}
-            stamps = {t: [(st := path.stat()).st_size, st.st_mtime_ns] for t, path in paths.items()}
+            hashes = {t: disk_hash(site, holder, t) for _, t in pairs}
+            stamps = {t: stamp for _, t in pairs if (stamp := site.hv.stamp(holder, t))}
             with site.state.transaction():
                 generation = site.state.add_generation(chosen, staging, hashes, stamps)
                 site.state.set_current_slot(chosen)

@@ -11,13 +11,13 @@ import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sharedroot.guestos import etcmerge
-from sharedroot.guestos.mount import mounted_tree
 from sharedroot.model.layout import gold_ro_address
-from sharedroot.model.types import Mode
+from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Site, Step
 
 
@@ -25,6 +25,11 @@ def profile(site: Site, slot: int) -> list[tuple[str, str, str]]:
     """A slot's profile (S10DFLT, S10DFLT2): the RR links (address, holder, holder address)."""
     holder = site.config.slot_holder(slot)
     return [(d.address, holder, gold_ro_address(d.address)) for d in site.config.layout.shared]
+
+
+def profile_name(site: Site, slot: int) -> str:
+    """The directory profile a read-only clone of a slot INCLUDEs (paper: S10DFLT, S10DFLT2)."""
+    return f"{site.config.prefix}DFLT" + ("" if slot == 1 else str(slot))
 
 
 def slot_of(site: Site, guest: str) -> int | None:
@@ -44,12 +49,6 @@ def work_dir(site: Site, guest: str) -> Path:
     return site.home / "work" / guest
 
 
-def _local_template(site: Site, slot: int) -> Path:
-    holder = site.config.slot_holder(slot)
-    local = next(d for d in site.config.layout.private if d.mount == "/local")
-    return site.hv.worker_path(holder, f"2{local.address[1:]}")
-
-
 @contextmanager
 def _etc_trees(
     site: Site, guest: str, base: int, theirs: int, *, look_only: bool = False
@@ -60,29 +59,27 @@ def _etc_trees(
     clone's disk nor touches the work directory an interrupted merge keeps its journal in.
     """
     local = next(d for d in site.config.layout.private if d.mount == "/local")
-    fs = str(local.fs)
+    alone = replace(local, mount="/")  # each /local disk mounted as a tree of its own
+    template = [gold_ro_address(local.address)]  # a slot's /local template (21B5)
     work = None if look_only else work_dir(site, guest)
-    ours = site.hv.worker_path(guest, local.address, write=not look_only)
 
     def at(name: str) -> Path | None:
         return None if work is None else work / name
 
+    def holder(slot: int) -> str:
+        return site.config.slot_holder(slot)
+
     with (
-        mounted_tree([("/", _local_template(site, base), fs)], readonly=True, at=at("base")) as b,
-        mounted_tree(
-            [("/", _local_template(site, theirs), fs)], readonly=True, at=at("theirs")
-        ) as t,
-        mounted_tree([("/", ours, fs)], readonly=look_only, at=at("ours")) as o,
+        guest_tree(site, holder(base), [alone], addresses=template, at=at("base")) as b,
+        guest_tree(site, holder(theirs), [alone], addresses=template, at=at("theirs")) as t,
+        guest_tree(site, guest, [alone], write=not look_only, at=at("ours")) as o,
     ):
         yield b / "etc", t / "etc", o / "etc"
 
 
 def relink_to(site: Site, guest: str, slot: int) -> None:
     with site.state.transaction():
-        for addr, owner, owner_addr in profile(site, slot):
-            if site.state.link(guest, addr) is not None:
-                site.hv.detach(guest, addr)
-            site.hv.link(guest, addr, owner, owner_addr, Mode.RR)
+        site.hv.set_profile(guest, profile_name(site, slot), profile(site, slot))
 
 
 def _merge(site: Site, ui: UI, guest: str, base: int, theirs: int) -> dict[str, Any]:

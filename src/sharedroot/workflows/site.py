@@ -32,24 +32,24 @@ def init_site(home: Path, config: SiteConfig, ui: UI) -> Site:
                 site.state.journal_step(op, text)
 
             step(f"define {g.admin} with disks 0191 and {ADMIN_OWN_ADDRESS} (parm files)")
-            hv.define_guest(g.admin, Role.ADMIN)
+            hv.define_guest(g.admin, Role.ADMIN, adopt=True)
             hv.add_disk(g.admin, "0191", DiskKind.FS, ADMIN_EXEC_DISK_SIZE, "ext2")
             hv.add_disk(g.admin, ADMIN_OWN_ADDRESS, DiskKind.FS, ADMIN_DISK_SIZE, "ext2")
             step(f"define {g.worker} (the machine that runs sharedroot)")
-            hv.define_guest(g.worker, Role.WORKER)
+            hv.define_guest(g.worker, Role.WORKER, adopt=True)
             for name, role in (
                 (g.maintenance, Role.MAINTENANCE),
                 (g.test, Role.TEST),
                 (g.staging, Role.STAGING),
             ):
                 step(f"define {name} ({role.value}) with {len(layout)} disks")
-                hv.define_guest(name, role)
+                hv.define_guest(name, role, adopt=True)
                 for d in layout:
                     hv.add_disk(name, d.address, d.kind, d.size, d.fs)
             for slot, holder in enumerate(g.gold, start=1):
                 sets = "11Bx and 21Bx" if slot == 1 else "21Bx"
                 step(f"define {holder} (gold slot {slot}, disk sets {sets})")
-                hv.define_guest(holder, Role.GOLD)
+                hv.define_guest(holder, Role.GOLD, adopt=True)
                 for d in layout:
                     if slot == 1:  # only the first gold keeps a read-write system (11Bx)
                         hv.add_disk(holder, gold_rw_address(d.address), d.kind, d.size, d.fs)
