@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sharedroot.cli.render import Result, outcome, table
@@ -20,7 +21,7 @@ from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
 from sharedroot.model.parm import Identity, check_hostname, check_ipv4
 from sharedroot.model.types import Role, parse_size
-from sharedroot.store.config import make_config
+from sharedroot.store.config import SITE_FILE, load_config, make_config
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import (
     cloneprep,
@@ -85,19 +86,26 @@ def cmd_init(args: argparse.Namespace) -> Result:
 
 
 def cmd_doctor(args: argparse.Namespace) -> Result:
-    rows = doctor.doctor()
+    backend, zvm = args.backend, None
+    site_file = resolve_home(args.home) / SITE_FILE
+    if site_file.is_file():  # a site's own settings, when there is one
+        config = load_config(site_file)
+        backend, zvm = backend or config.backend, config.zvm
+    rows = doctor.doctor(backend or "local", zvm)
     missing = [r for r in rows if r["required"] and not r["found"]]
 
     def render(out: Console) -> None:
         doctor_table = Table("program", "found", "package", "needed for")
         for r in rows:
             mark = "yes" if r["found"] else ("[red]MISSING[/]" if r["required"] else "no")
-            doctor_table.add_row(str(r["program"]), mark, str(r["package"]), str(r["purpose"]))
+            cells = (str(r["program"]), str(r["package"]), str(r["purpose"]))
+            doctor_table.add_row(escape(cells[0]), mark, escape(cells[1]), escape(cells[2]))
         out.print(doctor_table)
-        pkgs = sorted({str(r["package"]) for r in rows if not r["found"]})
+        apt = {str(r["package"]) for r in rows if not r["found"]}
+        pkgs = sorted(p for p in apt if p.replace("-", "").isalnum())  # Debian packages only
         if pkgs:
             out.print(f"install with: apt-get install {' '.join(pkgs)}")
-        else:
+        elif not missing:
             out.print("everything sharedroot uses is here")
 
     return Result({"programs": rows, "ok": not missing}, render, 1 if missing else 0)

@@ -234,10 +234,16 @@ def build_parser() -> ArgumentParser:
         help="size of a layout disk, by mount point or address, e.g. /usr=2G",
     )
 
-    add(
+    p = add(
         "doctor",
         c.cmd_doctor,
-        "list host programs sharedroot needs and the packages that bring them",
+        "list host programs sharedroot needs and the packages that bring them; on z/VM"
+        " also whether CP answers (vmcp), class B or LNKNOPAS, FLASHCOPY and smcli",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["local", "zvm"],
+        help="check for this backend (default: the site's at --home, else local)",
     )
     add(
         "guests",

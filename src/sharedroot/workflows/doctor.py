@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sharedroot.run import have
+from sharedroot.store.config import ZvmSettings
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,17 @@ NEEDS: tuple[Need, ...] = (
 )
 
 
-def doctor() -> list[dict[str, object]]:
-    return [
+# What brings each z/VM check's program; the rest is z/VM's own configuration.
+_ZVM_PACKAGES = {t: "s390-tools" for t in ("vmcp", "chccwdev", "cio_ignore", "dasdfmt", "fdasd")}
+_ZVM_PACKAGES |= {"udevadm": "udev", "smcli": "zthin (Feilong)"}
+NOT_A_PACKAGE = "z/VM"  # a directory or CP setting, not something apt installs
+
+# A z/VM worker (s390x Linux) runs no guests itself: CP does.
+_LOCAL_ONLY = ("qemu-system-x86_64", "nsenter", "debugfs")
+
+
+def doctor(backend: str = "local", zvm: ZvmSettings | None = None) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = [
         {
             "program": n.program,
             "package": n.package,
@@ -38,4 +48,19 @@ def doctor() -> list[dict[str, object]]:
             "found": have(n.program),
         }
         for n in NEEDS
+        if backend == "local" or n.program not in _LOCAL_ONLY
     ]
+    if backend == "zvm":
+        from sharedroot.hypervisor.zvm.doctor import doctor_checks  # only on z/VM sites
+
+        rows += [
+            {
+                "program": c.name,
+                "package": _ZVM_PACKAGES.get(c.name, NOT_A_PACKAGE),
+                "purpose": c.hint,
+                "required": c.required,
+                "found": c.found,
+            }
+            for c in doctor_checks(zvm or ZvmSettings())
+        ]
+    return rows
