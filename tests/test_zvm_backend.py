@@ -409,3 +409,83 @@ def test_refusals_name_what_to_do(zvm: Zvm) -> None:
     )
     assert "is smaller than" in out["copy"]
     assert out["nodisk"] == "S10RWMNT has no disk at 0999"
+
+
+def test_manual_directory_prints_the_entry_and_waits_for_cp(zvm: Zvm) -> None:
+    manual = {"zvm_directory": "manual", "zvm_manual_wait": 30}
+    out = zvm.run(
+        """
+        import subprocess, threading
+        from sharedroot.hypervisor.zvm.backend import ZvmBackend
+        said = []
+        hv = ZvmBackend(config, HOME, state, say=said.append)
+
+        def administrator(text):  # puts the printed statements into USER DIRECT
+            f = HOME / "entry.direct"
+            f.write_text(text)
+            subprocess.run([sys.executable, "-m", "zvmsim.admin", str(SIM), "apply-direct",
+                            str(f)], check=True, capture_output=True)
+
+        hv.define_guest("S10RWMNT", Role.MAINTENANCE, adopt=True)
+        start = mark()
+        adopted = hv.add_disk("S10RWMNT", "01B1", DiskKind.FS, 4096, "ext2")
+        out["adopted"] = [adopted.size, [row[1] for row in cplog()[start:]]]
+        entry = "USER LNX300 PW 512M 1G G\\nINCLUDE RORDFLT\\n"
+        threading.Timer(1.0, administrator, [entry]).start()
+        hv.define_guest("LNX300", Role.RO_CLONE)
+        out["said"] = said[-1]
+        out["state"] = hv.query("LNX300")
+        full = entry + "MDISK 01B5 3390 0500 0015 DM63C9 MR\\n"
+        threading.Timer(1.0, administrator, [full]).start()
+        row = hv.add_disk("LNX300", "01B5", DiskKind.FS, 10 << 20, "ext4")
+        out["mdisk"] = said[-1]
+        out["size"] = row.size
+        with hv.attach("LNX300", "01B5") as dev:
+            out["blkid"] = os.popen(f"blkid -o value -s TYPE {dev}").read().strip()
+        hv.link("LNX300", "01B1", "S10RWMNT", "01B1", Mode.RR)
+        out["link"] = said[-1]
+        """,
+        settings=manual,
+    )
+    assert out["adopted"] == [  # an existing minidisk: measured by CP, never formatted
+        40 * 737280,
+        [
+            "QUERY VIRTUAL DASD",
+            "LINK S10RWMNT 01B1 AS F000 RR",
+            "QUERY VIRTUAL DASD",
+            "DETACH F000",
+        ],
+    ]
+    assert "USER LNX300 " in out["said"] and "\nINCLUDE RORDFLT" in out["said"]
+    assert out["state"] == "logged_off"
+    assert "MDISK 01B5 3390 AUTOG 15 POOL1 MR" in out["mdisk"]
+    assert out["size"] == 15 * 737280
+    assert out["blkid"] == "ext4"
+    assert out["link"].endswith("LINK S10RWMNT 01B1 01B1 RR")
+
+    out = zvm.run(
+        """
+        out["late"] = ""
+        try:
+            hv.define_guest("LNX301", Role.RO_CLONE)
+        except OperationError as exc:
+            out["late"] = str(exc)
+        """,
+        settings={**manual, "zvm_manual_wait": 1},
+    )
+    assert "did not come online within 1s" in out["late"]
+
+
+def test_doctor_checks_on_the_emulator(zvm: Zvm) -> None:
+    out = zvm.run(
+        """
+        from sharedroot.hypervisor.zvm.backend import doctor_checks
+        out["rows"] = {c.name: [c.found, c.required] for c in doctor_checks(config.zvm)}
+        """
+    )
+    rows = out["rows"]
+    assert rows["vmcp"] == [True, True]
+    assert rows["privilege class B"] == [True, True]
+    assert rows["FLASHCOPY"][0] is True
+    assert rows["smcli"] == [True, True]
+    assert all(rows[t][0] for t in ("chccwdev", "cio_ignore", "dasdfmt", "fdasd", "udevadm"))

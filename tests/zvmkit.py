@@ -33,7 +33,9 @@ HOME = Path(sys.argv[1])
 SIM = Path(os.environ["ZVMSIM_DIR"])
 HOME.mkdir(parents=True, exist_ok=True)
 state = State(HOME / "state.db", create=not (HOME / "state.db").exists())
-hv = create(make_config({"backend": "zvm"}), HOME, state)
+SETTINGS = {"backend": "zvm", **json.loads(os.environ.get("ZVMKIT_SETTINGS", "{}"))}
+config = make_config(SETTINGS)
+hv = create(config, HOME, state)
 cp = Cp()
 out = {}
 
@@ -59,9 +61,13 @@ class Zvm:
         self.sim = tmp / "sim"
         self.home = tmp / "home"
 
-    def run(self, code: str, *, timeout: float = 120) -> dict[str, Any]:
+    def run(
+        self, code: str, *, timeout: float = 120, settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run `code` in the emulator; `settings` are `init` settings (zvm_directory...)."""
         program = PRELUDE + textwrap.dedent(code) + f"\nprint({MARK!r} + json.dumps(out))\n"
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        env["ZVMKIT_SETTINGS"] = json.dumps(settings or {})
         argv = [str(ZVMSIM), str(self.sim), "--", sys.executable, "-c", program, str(self.home)]
         proc = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=env, check=False

@@ -29,6 +29,7 @@ from sharedroot.hypervisor.zvm.directory import (
     ManualDirectory,
     SmapiRefused,
     SmcliDirectory,
+    admin_entry,
     user_entry,
 )
 from sharedroot.hypervisor.zvm.doctor import doctor_checks
@@ -125,6 +126,8 @@ class ZvmBackend:
         else:  # logged on by XAUTOLOG from the worker, never at a terminal
             alphabet = string.ascii_uppercase + string.digits
             password = "".join(secrets.choice(alphabet) for _ in range(8))
+        if role is Role.ADMIN:
+            return admin_entry(guest, password)
         memory = self.config.memory_mb
         maximum = "1G" if memory <= 1024 else f"{memory}M"
         return user_entry(guest, password, f"{memory}M", maximum, BASE_PROFILE)
@@ -156,9 +159,13 @@ class ZvmBackend:
                 self.state.add_disk(row)
             return row
         mdisk = entry.mdisk(address) if entry is not None else None
+        if entry is None and cached is None:  # no directory to read: ask CP
+            found = self.worker.probe(guest, address)
+            if found is not None and found.unit == "CYL":
+                cached = DiskRow(guest, address, kind, fs, found.size * CYLINDER, "")
         if mdisk is not None or (entry is None and cached is not None):
             # Already a minidisk (a site set up by hand): adopt it, contents untouched.
-            have = self.state.disk(guest, address)
+            have = self.state.disk(guest, address) or cached
             real = have.size if have is not None else size
             row = DiskRow(guest, address, kind, fs, real, Cache.file(guest, address))
             self.cache.put_disk(row)

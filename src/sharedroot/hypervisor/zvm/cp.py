@@ -136,7 +136,9 @@ class Cp:
     def whoami(self) -> str:
         """The worker's own user ID (QUERY USERID: `LNXCLONE AT ZVMSYS1`)."""
         words = self.must("QUERY", "USERID").text.split()
-        return userid(words[0]) if words else userid("")
+        if not words:
+            raise OperationError("CP QUERY USERID gave no answer")
+        return userid(words[0])
 
     def user_state(self, user: str) -> GuestState:
         """QUERY userid: rc 0 logged on, 45/361 logged off, 3 no such user."""

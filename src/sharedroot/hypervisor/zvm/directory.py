@@ -149,6 +149,15 @@ def user_entry(name: str, password: str, storage: str, maxstorage: str, include:
     return f"USER {name} {password} {storage} {maxstorage} G\nINCLUDE {include}\n"
 
 
+def admin_entry(name: str, password: str) -> str:
+    """CMSCLONE's kind of entry: a CMS user owning the admin disks (no profile: the base
+    profile LINKs its 0192 as 0191, where the admin has its own minidisk)."""
+    return (
+        f"USER {name} {password} 64M 128M G\nIPL CMS\nMACHINE ESA 4\nCONSOLE 009 3215 T\n"
+        "LINK MAINT 0190 0190 RR\nLINK MAINT 019D 019D RR\nLINK MAINT 019E 019E RR\n"
+    )
+
+
 def with_statement(entry: Entry, statement: str) -> str:
     return "\n".join([*entry.lines, statement]) + "\n"
 

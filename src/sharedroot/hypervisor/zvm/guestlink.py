@@ -59,10 +59,11 @@ def _wait_off(cp: Cp, guest: str, seconds: float) -> bool:
 
 def shutdown(cp: Cp, guest: str, timeout: float, signal_within: int) -> str:
     """SIGNAL SHUTDOWN ... WITHIN n, then FORCE ... IMMED: "clean" or "forced"."""
-    within = max(1, min(int(timeout), signal_within))
-    cp.signal_shutdown(guest, within)  # a guest not enabled for signals is forced below
-    if _wait_off(cp, guest, max(timeout, 1)):
-        return "clean"
+    if signal_within > 0:  # 0: the site wants no shutdown signal, FORCE at once
+        within = max(1, min(int(timeout), signal_within))
+        cp.signal_shutdown(guest, within)  # a guest not enabled for signals is forced below
+        if _wait_off(cp, guest, max(timeout, 1)):
+            return "clean"
     r = cp.force(guest)
     if not _wait_off(cp, guest, 30):
         raise OperationError(

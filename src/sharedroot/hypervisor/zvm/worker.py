@@ -15,7 +15,7 @@ from sharedroot.errors import OperationError, RefusedError
 from sharedroot.hypervisor.copyengine import Method, Progress
 from sharedroot.hypervisor.zvm import devices
 from sharedroot.hypervisor.zvm.aliases import Aliases
-from sharedroot.hypervisor.zvm.cp import Cp, Linker, userid, vdev
+from sharedroot.hypervisor.zvm.cp import Cp, Dasd, Linker, userid, vdev
 
 LINKS_AT_ONCE = 8  # worker addresses `holders` uses at a time
 
@@ -94,16 +94,23 @@ class Worker:
                 self.cp.detach(alias, missing_ok=True)
             self.aliases.release(alias)
 
-    def linkable(self, owner: str, address: str) -> bool:
-        """Whether the worker can LINK the minidisk (a new one is online)."""
+    def probe(self, owner: str, address: str) -> Dasd | None:
+        """The minidisk as CP has it (LINK RR, QUERY VIRTUAL DASD, DETACH), or None."""
         [alias] = self.claim()
         try:
             r = self.cp("LINK", userid(owner), vdev(address), "AS", alias, "RR")
-            if r.ok:
+            if not r.ok:
+                return None
+            try:
+                return self.cp.dasd().get(alias)
+            finally:
                 self.cp.detach(alias, missing_ok=True)
-            return r.ok
         finally:
             self.aliases.release(alias)
+
+    def linkable(self, owner: str, address: str) -> bool:
+        """Whether the worker can LINK the minidisk (a new one is online)."""
+        return self.probe(owner, address) is not None
 
     def holders(
         self, owner: str, addresses: list[str], *, strict: bool
