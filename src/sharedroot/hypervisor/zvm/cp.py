@@ -125,9 +125,11 @@ class Cp:
             )
         raise OperationError(f"vmcp {command}: {err}")
 
-    def must(self, *words: str, ok: tuple[int, ...] = (0,), hint: str = "") -> Response:
+    def must(
+        self, *words: str, ok: tuple[int, ...] = (0,), hint: str = "", big: bool = False
+    ) -> Response:
         """Issue a command that must succeed (rc in `ok`), else CpError."""
-        response = self(*words)
+        response = self(*words, big=big)
         if response.rc not in ok:
             raise CpError(response, hint)
         return response
@@ -155,7 +157,7 @@ class Cp:
 
     def names(self) -> set[str]:
         """QUERY NAMES: every logged-on user, in one command."""
-        text = self.must("QUERY", "NAMES", ok=(0,)).text
+        text = self.must("QUERY", "NAMES", big=True).text
         found: set[str] = set()
         for line in text.splitlines():
             if line.lstrip().startswith("VSM "):  # virtual system management lines
@@ -183,7 +185,8 @@ class Cp:
 
         Entries `USERID VDEV R/O` separated by commas, over as many lines as needed.
         """
-        text = self.must("QUERY", "LINKS", vdev(device), ok=(0,)).text
+        # Thousands of guests on a gold disk outgrow vmcp's default 16 KiB response.
+        text = self.must("QUERY", "LINKS", vdev(device), big=True).text
         out = []
         for part in " ".join(text.splitlines()).split(","):
             m = _LINK_ENTRY.search(part)
