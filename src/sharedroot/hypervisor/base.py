@@ -82,6 +82,10 @@ class Hypervisor(Protocol):
         """Who uses a disk (QUERY LINKS), the owner itself left out."""
         ...
 
+    def users(self, disks: list[tuple[str, str]]) -> list[LinkRow]:
+        """links_to for several (owner, address) disks at once: one round of CP calls."""
+        ...
+
     def check_disk(self, guest: str, address: str) -> None:
         """The disk exists and is what the store records (a whole image, a minidisk)."""
         ...

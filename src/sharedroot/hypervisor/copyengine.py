@@ -141,11 +141,12 @@ def _hash_fd(fd: int, size: int) -> str:
     return h.hexdigest()
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, length: int | None = None) -> str:
     """Hex digest of the logical content of `path`, an image or a disk (holes read as zeros).
 
     Only 1 MiB blocks that hold data are read; all-zero blocks are skipped like holes, so
-    files with the same bytes but different hole layout hash the same.
+    files with the same bytes but different hole layout hash the same. With `length`,
+    only the first `length` bytes count (a copy onto a bigger disk).
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -162,7 +163,7 @@ def content_hash(path: Path) -> str:
         else:
             raise InputError(f"cannot hash {path}: not a regular file or block device")
         try:
-            return _hash_fd(fd, size)
+            return _hash_fd(fd, size if length is None else min(length, size))
         except OSError as exc:
             raise OperationError(f"cannot hash {path}: {exc.strerror}") from exc
     finally:

@@ -209,6 +209,9 @@ class LocalBackend:
     def links_to(self, owner: str, address: str | None = None) -> list[LinkRow]:
         return [lk for lk in self.state.links_to(owner, address) if lk.guest != owner]
 
+    def users(self, disks: list[tuple[str, str]]) -> list[LinkRow]:
+        return [lk for owner, addr in disks for lk in self.links_to(owner, addr)]
+
     # copy -------------------------------------------------------------------
     def copy_disk(
         self,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sharedroot.model.layout import gold_ro_address
 from sharedroot.model.types import GuestState
+from sharedroot.store.rows import LinkRow
 from sharedroot.workflows.context import Site
 from sharedroot.workflows.guards import rerun_hint
 
@@ -67,6 +69,14 @@ def _linked(site: Site) -> dict[str, Any]:
     current = site.state.current_slot()
     slots = {s.slot: s for s in site.state.slots()}
     on = site.hv.logged_on()
+    # A clone links a whole set (its profile), so one shared disk per holder tells who
+    # links it: one round of CP calls for all holders, however many clones there are.
+    shared = cfg.layout.shared
+    root = cfg.layout.root if cfg.layout.root in shared or not shared else shared[0]
+    root_address = root.address
+    disks = [(cfg.guests.staging, root_address)]
+    disks += [(h, gold_ro_address(root_address)) for h in cfg.guests.gold]
+    users = site.hv.users(disks)
     holders: list[dict[str, Any]] = [
         {
             "holder": cfg.guests.staging,
@@ -77,7 +87,7 @@ def _linked(site: Site) -> dict[str, Any]:
             "built_from": None,
             "built": None,
             "incomplete": cfg.guests.staging in site.state.incomplete(),
-            "clones": _linkers(site, cfg.guests.staging, on),
+            "clones": _linkers(cfg.guests.staging, users, on),
         }
     ]
     incomplete = site.state.incomplete()
@@ -94,14 +104,14 @@ def _linked(site: Site) -> dict[str, Any]:
                 "built_from": gen.source if gen else None,
                 "built": gen.created if gen else None,
                 "incomplete": holder in incomplete,
-                "clones": _linkers(site, holder, on),
+                "clones": _linkers(holder, users, on),
             }
         )
     return {"current_slot": current, "holders": holders}
 
 
-def _linkers(site: Site, owner: str, on: set[str]) -> list[dict[str, Any]]:
-    names = sorted({lk.guest for lk in site.hv.links_to(owner) if lk.guest != owner})
+def _linkers(owner: str, users: list[LinkRow], on: set[str]) -> list[dict[str, Any]]:
+    names = sorted({lk.guest for lk in users if lk.owner == owner and lk.guest != owner})
     return [{"name": n, "running": n in on} for n in names]
 
 

@@ -22,7 +22,7 @@ from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.hypervisor.zvm import devices, guestlink
 from sharedroot.hypervisor.zvm.aliases import Aliases
-from sharedroot.hypervisor.zvm.cp import Cp, userid
+from sharedroot.hypervisor.zvm.cp import Cp, userid, vdev
 from sharedroot.hypervisor.zvm.directory import (
     Directory,
     Link,
@@ -293,22 +293,26 @@ class ZvmBackend:
 
     def links_to(self, owner: str, address: str | None = None) -> list[LinkRow]:
         """Who uses the disk now, per CP: LINK it, QUERY LINKS, DETACH (RO2GOLD2's way)."""
-        entry = self.cache.entry(userid(owner))
-        if address is not None:
-            wanted = [address]
-        elif entry is not None:
+        if address is not None:  # CP alone answers: no directory read
+            wanted = [vdev(address)]
+        elif (entry := self.cache.entry(userid(owner))) is not None:
             wanted = [m.vdev for m in entry.mdisks if not m.vdisk]
         else:
             wanted = [d.address for d in self.state.disks(owner) if d.kind is not DiskKind.VDISK]
+        return self._holding([(owner, a) for a in wanted], strict=address is not None)
+
+    def users(self, disks: list[tuple[str, str]]) -> list[LinkRow]:
+        return self._holding([(userid(o), vdev(a)) for o, a in disks], strict=False)
+
+    def _holding(self, disks: list[tuple[str, str]], *, strict: bool) -> list[LinkRow]:
         rows: list[LinkRow] = []
-        if not wanted:
+        if not disks:
             return rows
-        skip = {self.worker.name, owner}
-        for addr, lk in self.worker.holders(owner, wanted, strict=address is not None):
-            if lk.user not in skip:
+        for (owner, addr), lk in self.worker.holders(disks, strict=strict):
+            if lk.user not in (self.worker.name, owner):
                 mode = Mode.RR if lk.access == "R/O" else Mode.MR
                 rows.append(LinkRow(lk.user, lk.vdev, owner, addr, mode))
-        return sorted(rows, key=lambda r: (r.guest, r.address))
+        return sorted(rows, key=lambda r: (r.owner, r.guest, r.address))
 
     # the worker's links ------------------------------------------------------
     def recover(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError
-from sharedroot.hypervisor.copyengine import _hash_fd
+from sharedroot.hypervisor.copyengine import content_hash
 from sharedroot.model.types import DiskKind
 from sharedroot.run import CommandError, run
 
@@ -159,18 +159,8 @@ def copy_device(source: Path, target: Path) -> int:
 
 
 def device_hash(path: Path, size: int | None = None) -> str:
-    """content_hash of a block device's first `size` bytes (all of it by default).
-
-    The same value content_hash gives an image file with these bytes.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        total = os.lseek(fd, 0, os.SEEK_END)
-        return _hash_fd(fd, total if size is None else min(size, total))
-    except OSError as exc:
-        raise OperationError(f"cannot hash {path}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
+    """content_hash of a block device's first `size` bytes (all of it by default)."""
+    return content_hash(path, size)
 
 
 def tool_present(program: str) -> bool:

@@ -113,28 +113,28 @@ class Worker:
         return self.probe(owner, address) is not None
 
     def holders(
-        self, owner: str, addresses: list[str], *, strict: bool
-    ) -> list[tuple[str, Linker]]:
-        """(address, linker) for every user holding each disk now: LINK it RR, QUERY
-        LINKS, DETACH (the paper's RO2GOLD2). A few disks per round, one DETACH each
-        round; CP calls grow with the disks, never with the guests. With `strict`, a disk
-        that cannot be linked is refused, else skipped (gone meanwhile)."""
-        found: list[tuple[str, Linker]] = []
-        aliases = self.claim(min(len(addresses), LINKS_AT_ONCE))
+        self, disks: list[tuple[str, str]], *, strict: bool
+    ) -> list[tuple[tuple[str, str], Linker]]:
+        """((owner, address), linker) for every user holding each disk now: LINK it RR,
+        QUERY LINKS, DETACH (the paper's RO2GOLD2). A few disks per round, one DETACH
+        each round; CP calls grow with the disks, never with the guests. With `strict`,
+        a disk that cannot be linked is refused, else skipped (gone meanwhile)."""
+        found: list[tuple[tuple[str, str], Linker]] = []
+        aliases = self.claim(min(len(disks), LINKS_AT_ONCE))
         try:
-            for first in range(0, len(addresses), len(aliases)):
-                linked: list[tuple[str, str]] = []
+            for first in range(0, len(disks), len(aliases)):
+                linked: list[tuple[tuple[str, str], str]] = []
                 try:
-                    for addr, alias in zip(addresses[first:], aliases, strict=False):
+                    for disk, alias in zip(disks[first:], aliases, strict=False):
                         try:
-                            self.cp.link(owner, addr, alias, "RR")
+                            self.cp.link(disk[0], disk[1], alias, "RR")
                         except RefusedError:
                             if strict:
                                 raise
                             continue
-                        linked.append((addr, alias))
-                    for addr, alias in linked:
-                        found += [(addr, lk) for lk in self.cp.links(alias)]
+                        linked.append((disk, alias))
+                    for disk, alias in linked:
+                        found += [(disk, lk) for lk in self.cp.links(alias)]
                 finally:
                     if linked:
                         self.cp.detach_all([alias for _, alias in linked])
