@@ -18,11 +18,8 @@ def _undo(site: Site, guest: str) -> None:
     """Remove whatever a define of `guest` made: parm file, links, disks, definition."""
     if site.hv.get_parm(guest) is not None:
         site.hv.remove_parm(guest)
-    with site.state.transaction():
-        for link in site.state.links(guest):
-            site.hv.detach(guest, link.address)
     if site.state.guest(guest) is not None:
-        site.hv.delete_guest(guest)  # its disks with it
+        site.hv.delete_guest(guest)  # its disks and links with it
     with site.state.transaction():
         site.state.mark_complete(guest)
 
