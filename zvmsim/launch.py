@@ -58,7 +58,7 @@ def write_wrappers(root: Path) -> None:
             "#!/bin/sh\n"
             "# zvmsim (CP emulator, a test double): not the real program\n"
             f'PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}" '
-            f'exec "{sys.executable}" -m {module} "$@"\n'
+            f'exec "{sys.executable}" -S -m {module} "$@"\n'
         )
         path = bindir / name
         if not path.exists() or path.read_text() != text:
