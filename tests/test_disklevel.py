@@ -50,6 +50,7 @@ class Fleet:
         self.backend = backend
         self.home = base / "site"
         self.sim = base / "zvm"
+        self.own: set[str] | None = None  # the worker's own devices on z/VM
 
     def argv(self, *args: str) -> list[str]:
         own = [str(SHAREDROOT), "--home", str(self.home), *args]
@@ -60,6 +61,11 @@ class Fleet:
         ran = Ran(res.returncode, res.stdout, res.stderr)
         if ok and ran.code != 0:
             raise AssertionError(f"sharedroot {' '.join(args)}: exit {ran.code}\n{ran.err}")
+        if self.backend == "zvm":  # after every command: no links, no devices left online
+            if self.own is None:
+                self.own = worker_devices(self)
+            assert worker_devices(self) == self.own, f"sharedroot {' '.join(args)} left links"
+            assert not list((self.sim / "by-path").glob("ccw-*")), "devices left online"
         return ran
 
     def guests(self) -> list[dict[str, Any]]:
@@ -270,6 +276,20 @@ def test_the_cp_sequence_of_mnt2tst_follows_the_exec(zvm: Fleet) -> None:
     assert len(flash) == len(LINUX)
     assert len([c for c in cmds if c.startswith("DETACH ")]) >= 2 * len(LINUX)
     assert worker_devices(zvm) == own
+
+
+def test_the_cp_sequence_of_mnt2gold_and_clonero(zvm: Fleet) -> None:
+    cmds = commands_of(zvm, "mnt2gold", "--yes")
+    links = {(w[1], w[2], w[-1]) for w in (c.split() for c in cmds if c.startswith("LINK "))}
+    assert links >= {("S10GOLD", "1" + a[1:], "MR") for a in LINUX}
+    assert links >= {("S10RWMNT", a, "RR") for a in LINUX}
+    assert len([c for c in cmds if c.startswith("FLASHCOPY ")]) == len(LINUX)
+    cmds = commands_of(zvm, "clonero", "LNX227", "--yes")
+    private = ["01B4", "01B5", "01B6"]  # copied from the slot; the rest comes by its profile
+    links = {(w[1], w[2], w[-1]) for w in (c.split() for c in cmds if c.startswith("LINK "))}
+    assert links >= {("LNX227", a, "MR") for a in private}
+    assert len([c for c in cmds if c.startswith("FLASHCOPY ")]) == len(private)
+    assert not [c for c in cmds if c.startswith("LINK LNX227 01B1")]
 
 
 def test_ro2gold_queries_the_links_of_the_slot_before_overwriting_it(zvm: Fleet) -> None:
