@@ -17,18 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PAPER_SAMPLE
 from sharedroot.errors import InputError, OperationError
 from sharedroot.hypervisor.zvm import cms
 from sharedroot.hypervisor.zvm.cms_layout import ebcdic_decode, ebcdic_encode
-
-PARM = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
-HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com
-Gateway=129.40.179.254 Netmask=255.255.255.0
-Broadcast=129.40.179.255 Layer2=0
-ReadChannel=0.0.0600 WriteChannel=0.0.0601 DataChannel=0.0.0602
-Nameserver=129.40.106.1 Portname=dontcare
-Install=nfs://129.40.179.200/nfs/sles10/SLES-10-CD-s390x-GMC-CD1
-"""
 
 
 def be32(b: bytes, off: int) -> int:
@@ -204,10 +196,10 @@ def test_format_gives_an_empty_cms_disk(disk: Path) -> None:
 
 
 def test_text_round_trip_as_the_readers_see_it(disk: Path) -> None:
-    cms.write_text(disk, "lnx227", "parm-s10", PARM)
-    assert cms.read_text(disk, "LNX227", "PARM-S10") == PARM
+    cms.write_text(disk, "lnx227", "parm-s10", PAPER_SAMPLE)
+    assert cms.read_text(disk, "LNX227", "PARM-S10") == PAPER_SAMPLE
     [info] = cms.list_files(disk)
-    lines = PARM.splitlines()
+    lines = PAPER_SAMPLE.splitlines()
     assert info == cms.CmsFile(
         "LNX227", "PARM-S10", "A1", cms.RecordFormat.V, max(map(len, lines)), len(lines), 1
     )
@@ -230,7 +222,7 @@ def test_binary_round_trip_v_and_f_over_many_blocks(disk: Path) -> None:
 
 
 def test_replace_keeps_one_entry_and_frees_the_old_blocks(disk: Path) -> None:
-    cms.write_text(disk, "LNX227", "PARM-S10", PARM)
+    cms.write_text(disk, "LNX227", "PARM-S10", PAPER_SAMPLE)
     cms.write_file(disk, "BIG", "DATA", [b"x" * 60000])
     used = EdfReader(disk).used
     cms.write_text(disk, "LNX227", "PARM-S10", "HostIP=10.0.0.1\n")
@@ -259,17 +251,19 @@ def test_a_thousand_parm_files(disk: Path, monkeypatch: pytest.MonkeyPatch) -> N
     flushes: list[int] = []
     monkeypatch.setattr(os, "fsync", flushes.append)
     for n in range(1000):
-        cms.write_text(disk, f"LNX{n:04d}", "PARM-S10", PARM.replace("227", str(n)))
+        cms.write_text(disk, f"LNX{n:04d}", "PARM-S10", PAPER_SAMPLE.replace("227", str(n)))
     assert len(flushes) == 2000  # data before the FST, everything at the end
     files = cms.list_files(disk)
     assert len(files) == 1000 and files[999].name == "LNX0999"
-    assert cms.read_text(disk, "LNX0500", "PARM-S10") == PARM.replace("227", "500")
+    assert cms.read_text(disk, "LNX0500", "PARM-S10") == PAPER_SAMPLE.replace("227", "500")
     seen = EdfReader(disk).check()
     assert len(seen) == 1000 and EdfReader(disk).dir.levels == 1
     for n in range(0, 1000, 3):
         assert cms.delete_file(disk, f"LNX{n:04d}", "PARM-S10")
     seen = EdfReader(disk).check()
-    assert len(seen) == 666 and ebcdic_decode(seen["LNX0998.PARM-S10"][1]).startswith("HostIP")
+    assert len(seen) == 666 and ebcdic_decode(seen["LNX0998.PARM-S10"][1]).startswith(
+        "HostIP"
+    )
 
 
 @pytest.mark.parametrize("block_size", [512, 1024, 2048])
@@ -278,27 +272,27 @@ def test_smaller_block_sizes(tmp_path: Path, block_size: int) -> None:
     path.write_bytes(bytes(5 * 1024 * 1024))  # at 512, an allocation map of 3 blocks
     cms.format_disk(path, label="s", block_size=block_size)
     for n in range(40):  # several directory blocks and pointer levels at 512
-        cms.write_text(path, f"G{n}", "PARM", PARM * 3)
+        cms.write_text(path, f"G{n}", "PARM", PAPER_SAMPLE * 3)
     cms.write_file(path, "BIG", "BIN", [os.urandom(3000) for _ in range(60)])
     r = EdfReader(path)
     assert r.label == 2 * block_size and r.bs == block_size and r.volid == "S"
     assert r.amap.levels == (1 if block_size == 512 else 0)
     seen = r.check()
     assert len(seen) == 41 and seen["BIG.BIN"] == cms.read_records(path, "BIG", "BIN")
-    assert cms.read_text(path, "G39", "PARM") == PARM * 3
+    assert cms.read_text(path, "G39", "PARM") == PAPER_SAMPLE * 3
 
 
 def test_full_disk_is_refused_and_leaves_the_disk_whole(tmp_path: Path) -> None:
     path = tmp_path / "tiny.img"
     path.write_bytes(bytes(64 * 4096))
     cms.format_disk(path, label="TINY")
-    cms.write_text(path, "KEEP", "PARM", PARM)
+    cms.write_text(path, "KEEP", "PARM", PAPER_SAMPLE)
     with pytest.raises(OperationError, match="full"):
         cms.write_file(path, "HUGE", "DATA", [b"z" * 60000] * 5)
     cms.write_file(path, "FITS", "DATA", [b"z" * 60000] * 3)
     with pytest.raises(OperationError, match="full"):
         cms.write_file(path, "FITS", "DATA", [b"z" * 60000] * 3)  # old and new must both fit
-    assert cms.read_text(path, "KEEP", "PARM") == PARM
+    assert cms.read_text(path, "KEEP", "PARM") == PAPER_SAMPLE
     assert EdfReader(path).check().keys() == {"KEEP.PARM", "FITS.DATA"}
 
 
@@ -315,7 +309,7 @@ def test_unformatted_and_damaged_disks(tmp_path: Path, disk: Path) -> None:
             cms.write_text(p, "A", "B", "x\n")
     with pytest.raises(InputError):
         cms.list_files(tmp_path / "missing")
-    cms.write_text(disk, "LNX1", "PARM", PARM)
+    cms.write_text(disk, "LNX1", "PARM", PAPER_SAMPLE)
     img = bytearray(disk.read_bytes())
     struct.pack_into(">I", img, 3 * 4096 + 128 + 40, 99999)  # the file's origin pointer
     disk.write_bytes(bytes(img))

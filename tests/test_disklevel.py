@@ -9,19 +9,18 @@ assertions then read that one site; a few tests change it further, in file order
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import Ran
 from sharedroot.guestos import earlybind
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,16 +30,6 @@ CYL = 737280  # bytes of a 3390 cylinder formatted with 4 KiB blocks
 # The emulator's paper directory gives each Linux disk these cylinders; local gets the same.
 CYLINDERS = {"/boot": 20, "/": 40, "01B4": 10, "/local": 20, "/var": 30, "/usr": 60, "/opt": 10}
 LINUX = ["01B0", "01B1", "01B4", "01B5", "01B6", "01B7", "01B8"]
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        return json.loads(self.out)
 
 
 class Fleet:
