@@ -25,6 +25,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # Mounts made by fixtures (XFS and btrfs stores) die with the test run, however it ends.
     private_mounts()
 
+
 # The paper's own sample parm file (§1.6.4), as it stands in the paper.
 PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
 HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com

@@ -261,9 +261,7 @@ def test_a_thousand_parm_files(disk: Path, monkeypatch: pytest.MonkeyPatch) -> N
     for n in range(0, 1000, 3):
         assert cms.delete_file(disk, f"LNX{n:04d}", "PARM-S10")
     seen = EdfReader(disk).check()
-    assert len(seen) == 666 and ebcdic_decode(seen["LNX0998.PARM-S10"][1]).startswith(
-        "HostIP"
-    )
+    assert len(seen) == 666 and ebcdic_decode(seen["LNX0998.PARM-S10"][1]).startswith("HostIP")
 
 
 @pytest.mark.parametrize("block_size", [512, 1024, 2048])
