@@ -289,22 +289,12 @@ def test_ro2gold_queries_the_links_of_the_slot_before_overwriting_it(zvm: Fleet)
 
 def test_without_flashcopy_the_dd_fallback_gives_the_same_disks(zvm: Fleet) -> None:
     flashed = hashes(zvm, "S10RWTST")
-    subprocess.run(
-        [sys.executable, "-m", "zvmsim.admin", str(zvm.sim), "set", "flashcopy", '"fail"'],
-        check=True,
-        cwd=REPO,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-    )
+    admin(zvm, "set", "flashcopy", '"fail"')
     try:
         zvm.run("tst2mnt", "--yes")
         zvm.run("mnt2tst", "--yes")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "zvmsim.admin", str(zvm.sim), "set", "flashcopy", '"ok"'],
-            check=True,
-            cwd=REPO,
-            env=os.environ | {"PYTHONPATH": str(REPO)},
-        )
+        admin(zvm, "set", "flashcopy", '"ok"')
     assert hashes(zvm, "S10RWTST") == flashed
     assert hashes(zvm, "S10RWMNT") == flashed
 
@@ -314,6 +304,43 @@ def test_start_and_stop_at_cp_level(zvm: Fleet) -> None:
     assert zvm._on("LNX226")
     zvm.run("stop", "LNX226")
     assert not zvm._on("LNX226")
+
+
+def admin(fleet: Fleet, *args: str) -> None:
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    subprocess.run(
+        [sys.executable, "-m", "zvmsim.admin", str(fleet.sim), *args], check=True, env=env
+    )
+
+
+def test_stop_forces_a_guest_that_ignores_the_signal(zvm: Fleet) -> None:
+    admin(zvm, "set", "ignore_signal", '["LNX226"]')
+    try:
+        zvm.run("start", "LNX226")
+        out = zvm.run("--json", "stop", "LNX226", "--timeout", "2").json()
+    finally:
+        admin(zvm, "set", "ignore_signal", "[]")
+    assert isinstance(out, dict) and out["results"][0]["shutdown"] == "forced"
+    assert not zvm._on("LNX226")
+    cmds = [c for _, c, _ in zvm.cp_log()[-12:]]
+    assert any(c.startswith("SIGNAL SHUTDOWN LNX226") for c in cmds)
+    assert any(c.startswith("FORCE LNX226") for c in cmds)
+
+
+def test_init_on_zvm_creates_what_the_directory_lacks(tmp_path: Path) -> None:
+    """A site that followed the paper by hand but has no test guest yet: init makes it."""
+    fleet = Fleet("zvm", tmp_path)
+    smcli = [str(ZVMSIM), str(fleet.sim), "--", "smcli"]
+    subprocess.run([*smcli, "Image_Delete_DM", "-T", "S10RWTST", "-e", "0"], check=True)
+    fleet.run("init", "--layout", "paper", "--backend", "zvm", *sizes())
+    entry = subprocess.run(
+        [*smcli, "Image_Query_DM", "-T", "S10RWTST"], capture_output=True, text=True, check=True
+    ).stdout
+    assert {w[1] for w in (ln.split() for ln in entry.splitlines()) if w[:1] == ["MDISK"]} >= set(
+        LINUX
+    )
+    guests = {g["name"]: g for g in fleet.guests()}
+    assert {d["address"] for d in guests["S10RWTST"]["disks"]} >= set(LINUX)
 
 
 def test_a_kill_mid_copy_leaves_no_link_after_the_next_command(zvm: Fleet) -> None:
