@@ -81,6 +81,10 @@ INPUT: list[tuple[list[str], str]] = [
     (["init", "--backend", "libvirt"], "backend = 'libvirt': must be one of local, zvm"),
     (["init", "--zvm-link-range", "F0FF-F000"], "link_range"),
     (["init", "--size", "usr"], "MOUNT=SIZE"),
+    (["install", "--tree", "/nonexistent", "--yes"], "--tree '/nonexistent': not a directory"),
+    (["install", "--tree", "/", "--yes"], "the worker's own root"),
+    (["install", "--tree", "/proc/self", "--yes"], "not a directory"),
+    (["install", "--tree", "/dev", "--yes"], "holds no Linux system"),
     (["migrate", "LNX227", "--slot", "3", "--yes"], "gold slots 1 to 2"),
 ]
 
