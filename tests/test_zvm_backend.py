@@ -380,7 +380,7 @@ def test_links_to_the_gold_and_start_stop(zvm: Zvm) -> None:
         out["cmds"] = [row[1] for row in cplog()[start:]]
         out["stop"] = hv.stop("LNX227", 10)
         out["after"] = hv.query("LNX227")
-        out["console"] = refused(lambda: hv.console_log("LNX227"))
+        out["console"] = refused(lambda: next(hv.console("LNX227")))
         """
     )
     assert "already logged on" in out["again"]

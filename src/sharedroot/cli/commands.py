@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,34 +239,18 @@ def cmd_exec(args: argparse.Namespace) -> Result:
 def cmd_console(args: argparse.Namespace) -> Result:
     guest = args.guest
     site = _site(args, readonly=True)
-    log = guest_ops.console_log(site, guest)
-    text = log.read_bytes()
+    stream = guest_ops.console(site, guest, follow=args.follow)
+    text = next(stream)  # all of it so far: refused here, before any output, if there is none
     tail = b"\n".join(text.splitlines()[-args.lines :]) + b"\n" if args.lines else text
 
     def render(out: Console) -> None:
         sys.stdout.buffer.write(tail)
         sys.stdout.flush()
-        if args.follow:
-            follow_console(site, guest, log, len(text))
+        for chunk in stream:  # with --follow: until the guest logs off (or Ctrl-C)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
 
-    return Result(
-        {"guest": guest, "log": str(log), "console": tail.decode(errors="replace")}, render
-    )
-
-
-def follow_console(site: Site, guest: str, log: Path, offset: int) -> None:
-    """Print what the guest writes to its console until it logs off (or Ctrl-C)."""
-    with open(log, "rb") as f:
-        f.seek(offset)
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                continue
-            if not guest_ops.running(site, guest):
-                return
-            time.sleep(0.2)
+    return Result({"guest": guest, "console": tail.decode(errors="replace")}, render)
 
 
 def cmd_mnt2rogld(args: argparse.Namespace) -> Result:

@@ -8,6 +8,7 @@ it needs it (`attach`), and a backend fills or copies it its own way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,7 @@ class Hypervisor(Protocol):
         """Run a command in the running guest: exit code, stdout, stderr."""
         ...
 
-    def console_log(self, guest: str) -> Path:
-        """Where the guest's console output is kept."""
+    def console(self, guest: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The guest's console output: first all of it so far (one chunk, perhaps empty),
+        then, with `follow`, what it writes until it logs off."""
         ...

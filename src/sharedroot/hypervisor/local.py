@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -361,8 +362,24 @@ class LocalBackend:
         return qemu.agent_exec(self._running_dir(guest)[0], argv, timeout)
 
     def console_log(self, guest: str) -> Path:
+        """Where QEMU writes the guest's serial console."""
         self._require_guest(guest)
         return self.guest_run_dir(guest) / qemu.CONSOLE_LOG
+
+    def console(self, guest: str, *, follow: bool = False) -> Iterator[bytes]:
+        log = self.console_log(guest)
+        if not log.is_file():
+            raise RefusedError(f"{guest} has no console log yet; it has never been started")
+        with open(log, "rb") as f:
+            yield f.read()
+            while follow:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                elif self.query(guest) is GuestState.LOGGED_ON:
+                    time.sleep(0.2)
+                else:
+                    return
 
     # admin disk -------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 from sharedroot.errors import OperationError, RefusedError
 from sharedroot.hypervisor.base import StartRequest
@@ -83,12 +83,10 @@ def execute(site: Site, guest: str, argv: list[str], timeout: float) -> tuple[in
     return site.hv.execute(guest, argv, timeout)
 
 
-def console_log(site: Site, guest: str) -> Path:
+def console(site: Site, guest: str, *, follow: bool = False) -> Iterator[bytes]:
+    """What the guest wrote to its console; with `follow`, on until it logs off."""
     guards.exists(site, guest)
-    log = site.hv.console_log(guest)
-    if not log.exists():
-        raise RefusedError(f"{guest} has no console log yet; it has never been started")
-    return log
+    return site.hv.console(guest, follow=follow)
 
 
 def running(site: Site, guest: str) -> bool:

@@ -427,7 +427,7 @@ class ZvmBackend:
             raise RefusedError(f"{guest} is not logged on")
         return guestlink.parm_ip(guest, self.get_parm(guest))
 
-    def console_log(self, guest: str) -> Path:
+    def console(self, guest: str, *, follow: bool = False) -> Iterator[bytes]:
         raise RefusedError(
             f"on z/VM the console of {guest} is its 3270 / CP console, which sharedroot does"
             f" not keep: log on to it, or SET SECUSER / spool CONSOLE from CP, or use"
