@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sharedroot.errors import InputError, OperationError, RefusedError
+from sharedroot.errors import InputError, OperationError, RefusedError, StoreError
 from sharedroot.files import regular_file, run_directory
 from sharedroot.hypervisor import cache_dir, qemu
 from sharedroot.hypervisor.base import StartRequest
@@ -108,7 +108,12 @@ class LocalBackend:
 
     # guests -----------------------------------------------------------------
     def logged_on(self) -> set[str]:
-        return {g.name for g in self.state.guests() if self.is_locked(g.name)}
+        # Whoever holds a run lock, as QUERY NAMES lists who is on: no guest rows read.
+        if not self.run_dir.is_dir():
+            if self.run_dir.exists() or self.run_dir.is_symlink():
+                raise StoreError(f"{self.run_dir}: not a directory; the store is damaged")
+            return set()
+        return {p.stem for p in self.run_dir.glob("*.lock") if self.is_locked(p.stem)}
 
     def query(self, guest: str) -> GuestState:
         if self.state.guest(guest) is None:

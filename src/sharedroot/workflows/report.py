@@ -68,7 +68,6 @@ def _linked(site: Site) -> dict[str, Any]:
     cfg = site.config
     current = site.state.current_slot()
     slots = {s.slot: s for s in site.state.slots()}
-    on = site.hv.logged_on()
     # A clone links a whole set (its profile), so one shared disk per holder tells who
     # links it: one round of CP calls for all holders, however many clones there are.
     shared = cfg.layout.shared
@@ -77,6 +76,7 @@ def _linked(site: Site) -> dict[str, Any]:
     disks = [(cfg.guests.staging, root_address)]
     disks += [(h, gold_ro_address(root_address)) for h in cfg.guests.gold]
     users = site.hv.users(disks)
+    on = site.hv.logged_on() if users else set()  # who runs: asked only when someone links
     holders: list[dict[str, Any]] = [
         {
             "holder": cfg.guests.staging,
