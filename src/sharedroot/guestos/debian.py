@@ -26,6 +26,7 @@ from sharedroot.guestos import earlybind
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.platform import VIRTIO, Platform
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
+from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DiskKind
 from sharedroot.run import CommandError, run
@@ -421,13 +422,16 @@ def _enable_unit(root: Path, unit: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_tree(tree: Path) -> Iterator[Path]:
+def staged_tree(tree: Path, under: Path | None = None) -> Iterator[Path]:
     """A throw-away hard-linked copy of the cached tree (seconds), removed afterwards.
 
-    It lives beside the tree so hard links work; change files in it only by replacing
-    them (as `install_extra` and `write_fstab` do), or the cached tree changes too.
+    It lives beside the tree so hard links work, or `under` a directory of the caller's
+    (a tree that is not ours: nothing is written beside it). Change files in it only by
+    replacing them (as `install_extra` and `write_fstab` do), or the tree changes too.
     """
-    stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=tree.parent))
+    if under is not None:
+        under.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=under or tree.parent))
     try:
         copy = stage / "root"
         res = run(["cp", "-al", tree, copy], check=False)
@@ -465,27 +469,8 @@ def populate_disks(
         image.parent.mkdir(parents=True, exist_ok=True)
         # Build beside and rename: a running guest keeps the image it opened.
         tmp = image.with_name(f".{image.name}.new")
-        tmp.unlink(missing_ok=True)
         try:
-            if disk.kind is DiskKind.SWAP:
-                make_swap(tmp, disk.size)
-            else:
-                run(
-                    [
-                        "mke2fs",
-                        "-F",
-                        "-q",
-                        "-t",
-                        str(disk.fs),
-                        "-E",
-                        "root_owner=0:0",
-                        "-d",
-                        sources[disk.address],
-                        tmp,
-                        f"{disk.size // 1024}k",
-                    ],
-                    timeout=600,
-                )
+            make_filesystem(tmp, disk.kind, disk.size, disk.fs, sources.get(disk.address))
             tmp.rename(image)
         finally:
             tmp.unlink(missing_ok=True)
@@ -528,13 +513,6 @@ def split_tree(
             inside.chmod(st.st_mode & 0o7777)
         sources[disk.address] = part
     return sources
-
-
-def make_swap(path: Path, size: int) -> None:
-    """A sparse file of `size` bytes with a swap signature."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-    run(["mkswap", "-q", path])
 
 
 def _replace(path: Path, content: bytes | str, mode: int = 0o644) -> None:

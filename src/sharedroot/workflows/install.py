@@ -70,7 +70,9 @@ def install(
             return {"tree": str(tree[0]), "recipe": debian.recipe_key(recipe)}
 
         def lay_out() -> None:
-            with debian.staged_tree(tree[0]) as stage:
+            # A tree of the user's is staged in the store, never beside it.
+            under = site.home / "tmp" if given is not None else None
+            with debian.staged_tree(tree[0], under) as stage:
                 debian.install_extra(stage, guest_files(), [findself.UNIT_NAME])
                 sources = debian.split_tree(stage, layout, platform=for_bus(site.hv.bus))
                 for d in disks:
