@@ -14,12 +14,13 @@ written into the site's state as CLONERO leaves them. Usage: python bench/bench_
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_reports import RUNS, timed  # the same median of runs
 
 from sharedroot.guestos import earlybind
 from sharedroot.model.layout import ADMIN_LINK_ADDRESS, ADMIN_OWN_ADDRESS, gold_ro_address
@@ -31,7 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 ZVMSIM = REPO / "scripts" / "zvmsim"
 EXE = Path(sys.executable).parent / "sharedroot"
 GUESTS = 1000
-RUNS = 5
 CYL = 737280
 CYLINDERS = {"/boot": 20, "/": 40, "01B4": 10, "/local": 20, "/var": 30, "/usr": 60, "/opt": 10}
 
@@ -89,15 +89,6 @@ def add_clones(home: Path) -> None:
             site.state.add_link(
                 LinkRow(name, ADMIN_LINK_ADDRESS, "CMSCLONE", ADMIN_OWN_ADDRESS, Mode.RR)
             )
-
-
-def timed(argv: list[str]) -> float:
-    times = []
-    for _ in range(RUNS):
-        t = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench() -> None:

@@ -71,10 +71,8 @@ def _linked(site: Site) -> dict[str, Any]:
     # A clone links a whole set (its profile), so one shared disk per holder tells who
     # links it: one round of CP calls for all holders, however many clones there are.
     shared = cfg.layout.shared
-    root = cfg.layout.root if cfg.layout.root in shared or not shared else shared[0]
-    root_address = root.address
-    disks = [(cfg.guests.staging, root_address)]
-    disks += [(h, gold_ro_address(root_address)) for h in cfg.guests.gold]
+    tell = (cfg.layout.root if cfg.layout.root in shared or not shared else shared[0]).address
+    disks = [(cfg.guests.staging, tell)] + [(h, gold_ro_address(tell)) for h in cfg.guests.gold]
     users = site.hv.users(disks)
     on = site.hv.logged_on() if users else set()  # who runs: asked only when someone links
     holders: list[dict[str, Any]] = [
