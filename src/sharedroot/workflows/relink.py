@@ -101,12 +101,14 @@ def _merge(site: Site, ui: UI, guest: str, base: int, theirs: int) -> dict[str, 
     }
 
 
-def _finish(site: Site, guest: str) -> None:
+def _finish(site: Site, guest: str, *, clear_mark: bool = True) -> None:
+    """The move is whole: its record goes; and its incomplete mark, unless the migrate's
+    own journal entry is still open (then the transaction that ends it clears the mark)."""
     shutil.rmtree(work_dir(site, guest), ignore_errors=True)
     half = site.state.incomplete().get(guest)
     with site.state.transaction():
         site.state.forget_fact(_record_key(guest))
-        if half is not None and half.operation == "migrate":  # the move is whole again
+        if clear_mark and half is not None and half.operation == "migrate":
             site.state.mark_complete(guest)
 
 
@@ -114,6 +116,10 @@ def recover(site: Site, ui: UI, guest: str) -> None:
     """Finish a move that was interrupted (the process killed between its steps)."""
     record = site.state.fact(_record_key(guest))
     if record is None:
+        half = site.state.incomplete().get(guest)
+        if half is not None and half.operation == "migrate":  # killed after the merge
+            with site.state.transaction():
+                site.state.mark_complete(guest)
         return
     move = json.loads(record)
     base, target = int(move["from"]), int(move["to"])
@@ -143,7 +149,7 @@ def move_steps(site: Site, ui: UI, guest: str, base: int, target: int) -> list[S
 
     def merge() -> dict[str, Any]:
         result = _merge(site, ui, guest, base, target)
-        _finish(site, guest)
+        _finish(site, guest, clear_mark=False)
         return result | {"from": base, "to": target}
 
     return [
