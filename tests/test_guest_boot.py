@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sharedroot.errors import OperationError
-from sharedroot.guestos import debian, fstab
+from sharedroot.guestos import debian, fstab, vmlinux
 from sharedroot.hypervisor import ipl, qemu
 from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout
 from sharedroot.model.types import Access, DiskKind
@@ -182,9 +182,9 @@ def test_boot_config_missing_is_an_error(tmp_path: Path) -> None:
 def test_extract_vmlinux_finds_the_compressed_elf() -> None:
     elf = b"\x7fELF" + bytes(range(256)) * 64
     image = b"MZ boot stub \x1f\x8b\x08 not really gzip " + gzip.compress(elf) + b"trailer"
-    assert debian.extract_vmlinux(image) == elf
+    assert vmlinux.extract_vmlinux(image) == elf
     with pytest.raises(OperationError):
-        debian.extract_vmlinux(b"no kernel in here")
+        vmlinux.extract_vmlinux(b"no kernel in here")
 
 
 def test_recipe_key_changes_with_the_recipe() -> None:

@@ -187,7 +187,9 @@ def cmd_clonerw(args: argparse.Namespace) -> Result:
 
 def cmd_install(args: argparse.Namespace) -> Result:
     tree = Path(args.tree) if args.tree is not None else None
-    return outcome(install.install(_site(args), _ui(args), _opts(args), args.distro, tree))
+    return outcome(
+        install.install(_site(args), _ui(args), _opts(args), args.distro, tree, args.arch)
+    )
 
 
 def cmd_cloneprep(args: argparse.Namespace) -> Result:

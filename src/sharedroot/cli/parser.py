@@ -327,6 +327,13 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--distro", choices=["debian-bookworm"], help="default: the site's distro")
     p.add_argument(
+        "--arch",
+        choices=["amd64", "s390x"],
+        help="the guests' architecture (default: the backend's: amd64 on local, s390x on"
+        " zvm; s390x is built on another machine through qemu-user-static, the first time"
+        " in about 15 minutes)",
+    )
+    p.add_argument(
         "--tree",
         metavar="DIR",
         help="lay this root tree (a directory holding a whole Linux system, e.g. one your"

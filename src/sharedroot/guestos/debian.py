@@ -11,28 +11,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import lzma
 import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sharedroot.errors import OperationError
-from sharedroot.guestos import earlybind
+from sharedroot.guestos import earlybind, foreign, zipl
+from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.fstab import write_fstab
-from sharedroot.guestos.platform import VIRTIO, Platform
+from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, for_arch
+from sharedroot.guestos.vmlinux import extract_vmlinux
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
 from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DiskKind
-from sharedroot.run import CommandError, run
+from sharedroot.run import run
 
 # Bump when the build code changes what the tree holds, so caches are rebuilt.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 
 COMPLETE_MARK = ".sharedroot-complete"
 
@@ -42,6 +42,7 @@ class Recipe:
     """Everything that shapes the golden tree; its key names the cache entry."""
 
     suite: str = "bookworm"
+    arch: str = "amd64"  # Debian architecture; another than the worker's builds through QEMU
     variant: str = "minbase"
     # Installed by debootstrap itself (resolved with its simple resolver).
     base_packages: tuple[str, ...] = ("systemd-sysv", "udev", "kmod", "iproute2")
@@ -71,13 +72,40 @@ class Recipe:
 
 DEFAULT_RECIPE = Recipe()
 
+# s390x (the paper's Linux on IBM Z): s390-tools (zipl, chccwdev, cmsfs-fuse, chzdev,
+# vmcp) instead of the QEMU guest agent (commands reach z/VM guests over SSH), and an
+# initramfs that finds virtio-ccw disks as well as real ECKD and FBA DASD.
+S390X_PACKAGES = (
+    *(p for p in DEFAULT_RECIPE.packages if p != "qemu-guest-agent"),
+    "s390-tools",
+    "fuse3",
+)
+S390X_MODULES = ("virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4", "crc32c_generic")
+
+
+def recipe_for(platform: Platform, *, layout: Layout, hostname: str) -> Recipe:
+    """The recipe of a platform's golden tree."""
+    recipe = Recipe(layout=layout, hostname=hostname)
+    if platform.arch == "s390x":
+        # vmpoff=LOGOFF: a shutdown logs the z/VM user off (the paper's zipl.conf).
+        return replace(
+            recipe,
+            arch="s390x",
+            packages=S390X_PACKAGES,
+            kernel_package=platform.kernel_package,
+            initramfs_modules=S390X_MODULES,
+            cmdline_extra="vmpoff=LOGOFF quiet",
+        )
+    return recipe
+
 
 def recipe_key(recipe: Recipe = DEFAULT_RECIPE) -> str:
     """A short stable hash of the recipe and the build code version."""
     data = json.dumps(
         {"build": BUILD_VERSION, "recipe": asdict(recipe)}, sort_keys=True, default=str
     )
-    return f"debian-{recipe.suite}-" + hashlib.sha256(data.encode()).hexdigest()[:12]
+    arch = "" if recipe.arch == "amd64" else f"{recipe.arch}-"
+    return f"debian-{recipe.suite}-{arch}" + hashlib.sha256(data.encode()).hexdigest()[:12]
 
 
 def _noop(_: str) -> None:
@@ -132,10 +160,18 @@ def build_tree(
 
 
 def _build(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None:
-    log(f"debootstrap --variant={recipe.variant} {recipe.suite} (about a minute)")
+    cross = foreign.is_foreign(recipe.arch)
+    if cross:
+        log(foreign.ensure_binfmt(recipe.arch))
+    log(
+        f"debootstrap --arch={recipe.arch} --variant={recipe.variant} {recipe.suite}"
+        + (" (foreign: every package script runs under QEMU, 15 minutes or more)" if cross else "")
+    )
     run(
         [
             "debootstrap",
+            f"--arch={recipe.arch}",
+            *(["--foreign"] if cross else []),
             f"--variant={recipe.variant}",
             "--include=" + ",".join(recipe.base_packages),
             recipe.suite,
@@ -143,6 +179,9 @@ def _build(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None:
         ],
         timeout=1800,
     )
+    if cross:
+        log("debootstrap --second-stage (under QEMU)")
+        run(["chroot", root, "/debootstrap/debootstrap", "--second-stage"], timeout=3600)
     _preconfigure(root, recipe)
     with chroot_mounts(root):
         # Keep services from starting inside the build chroot.
@@ -195,7 +234,7 @@ def _preconfigure(root: Path, recipe: Recipe) -> None:
         "RESUME=none\n"
     )
     (conf / "modules").write_text("\n".join(recipe.initramfs_modules) + "\n")
-    write_fstab(root, recipe.layout)
+    write_fstab(root, recipe.layout, platform=for_arch(recipe.arch))
     earlybind.write_scripts(root)  # idle until a read-only root's boot config switches it on
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/hosts").write_text(
@@ -261,7 +300,12 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
 
 
 def _finish_boot(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None:
-    """Extract an uncompressed vmlinux and write /boot/sharedroot.conf."""
+    """Write /boot/sharedroot.conf (and /etc/zipl.conf on s390x) for the newest kernel.
+
+    On x86_64 the kernel is the uncompressed vmlinux (QEMU's PVH entry boots it faster
+    under TCG); an s390x kernel image boots as it is.
+    """
+    platform = for_arch(recipe.arch)
     boot = root / "boot"
     kernels = sorted(boot.glob("vmlinuz-*"))
     if not kernels:
@@ -272,40 +316,24 @@ def _finish_boot(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None
     if not initrd.exists():
         raise OperationError(f"no initramfs {initrd.name} in {boot}")
     kernel_name = vmlinuz.name
-    vmlinux = boot / f"vmlinux-{version}"
-    try:
-        data = extract_vmlinux(vmlinuz.read_bytes())
-    except OperationError as exc:
-        log(f"keeping the compressed kernel: {exc}")
+    words = [f"root={platform.filesystem(recipe.layout.root.address)}", "ro"]
+    if platform.boot_loader is BootLoader.ZIPL:
+        words.append(zipl.dasd_parameter(recipe.layout, readonly=False))
+        words += recipe.cmdline_extra.split()
+        zipl.write_zipl_conf(root, kernel_name, initrd.name, " ".join(words))
+        log(f"zipl.conf: {' '.join(words)}")
     else:
-        vmlinux.write_bytes(data)
-        kernel_name = vmlinux.name
-        log(f"extracted {vmlinux.name} ({len(data) >> 20} MiB, boots faster under TCG)")
-    root_dev = f"/dev/disk/by-id/virtio-{recipe.layout.root.address}"
-    write_boot_config(
-        root, kernel_name, initrd.name, f"root={root_dev} ro {recipe.cmdline_extra}".strip()
-    )
-
-
-@contextlib.contextmanager
-def chroot_mounts(root: Path) -> Iterator[None]:
-    """Mount /proc, /sys and /dev for package scripts; always unmount them after."""
-    mounted: list[Path] = []
-    try:
-        for argv, target in (
-            (["mount", "-t", "proc", "proc"], root / "proc"),
-            (["mount", "-t", "sysfs", "sysfs"], root / "sys"),
-            (["mount", "--bind", "/dev"], root / "dev"),
-            (["mount", "-t", "devpts", "devpts"], root / "dev/pts"),
-        ):
-            target.mkdir(parents=True, exist_ok=True)
-            run([*argv, target])
-            mounted.append(target)
-        yield
-    finally:
-        for target in reversed(mounted):
-            if run(["umount", target], check=False).returncode != 0:
-                run(["umount", "-l", target], check=False)
+        words += recipe.cmdline_extra.split()
+        vmlinux = boot / f"vmlinux-{version}"
+        try:
+            data = extract_vmlinux(vmlinuz.read_bytes())
+        except OperationError as exc:
+            log(f"keeping the compressed kernel: {exc}")
+        else:
+            vmlinux.write_bytes(data)
+            kernel_name = vmlinux.name
+            log(f"extracted {vmlinux.name} ({len(data) >> 20} MiB, boots faster under TCG)")
+    write_boot_config(root, kernel_name, initrd.name, " ".join(words))
 
 
 def _unmount_below(path: Path) -> None:
@@ -315,55 +343,6 @@ def _unmount_below(path: Path) -> None:
         targets = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
     for target in sorted(targets, key=len, reverse=True):
         run(["umount", "-l", target], check=False)
-
-
-# ---------------------------------------------------------------- vmlinux
-
-
-_MAGICS: tuple[tuple[bytes, str], ...] = (
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"\x1f\x8b\x08", "gzip"),
-    (b"\x5d\x00\x00", "lzma"),
-)
-
-
-def extract_vmlinux(image: bytes) -> bytes:
-    """The uncompressed ELF kernel inside a bzImage (scripts/extract-vmlinux, in Python).
-
-    QEMU boots an ELF vmlinux through its PVH entry, skipping the in-guest
-    decompression that costs seconds under TCG.
-    """
-    for magic, kind in _MAGICS:
-        start = 0
-        while (pos := image.find(magic, start)) >= 0:
-            start = pos + 1
-            try:
-                data = _decompress(kind, image[pos:])
-            except (lzma.LZMAError, OSError, EOFError, zlib.error, CommandError):
-                continue
-            if data[:4] == b"\x7fELF":
-                return data
-    raise OperationError("no compressed ELF payload found in the kernel image")
-
-
-def _decompress(kind: str, payload: bytes) -> bytes:
-    if kind == "xz":
-        return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
-    if kind == "lzma":
-        return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
-    if kind == "gzip":
-        # A decompressobj stops at the end of the stream, ignoring what follows.
-        return zlib.decompressobj(wbits=31).decompress(payload)
-    # zstd: not in the 3.11 standard library; the zstd program ignores trailing data
-    # badly, so hand it the payload in a file and read what it wrote.
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp, "payload.zst"), Path(tmp, "out")
-        src.write_bytes(payload)
-        run(["zstd", "-d", "-q", "-f", "-o", dst, src], check=False)
-        if not dst.exists():
-            raise OSError("zstd wrote nothing")
-        return dst.read_bytes()
 
 
 # ---------------------------------------------------------------- fstab and boot config

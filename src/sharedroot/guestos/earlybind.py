@@ -18,7 +18,7 @@ LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
 HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
 BOUND = ("etc", "root", "srv")  # bound from /local at boot (the paper's three)
 CMDLINE_KEY = "sharedroot.local"
-MARKER = "# sharedroot early bind v3"  # a script without it predates the command-line switch
+MARKER = "# sharedroot early bind v4"  # a script without it predates the command-line switch
 
 
 def cmdline_words(address: str, fs: str) -> list[str]:
@@ -51,7 +51,19 @@ case "$addr" in [0-9A-F][0-9A-F][0-9A-F][0-9A-F]) ;; *)
 case "$fs" in ext2|ext3|ext4|xfs) ;; *)
     log_failure_msg "sharedroot: bad {CMDLINE_KEY}=$spec"; exit 0 ;; esac
 
+# The gold's fstab names /local's device as the platform does (virtio serial or ccw
+# by-path): take it from there; a virtio serial is the fallback.
 dev="/dev/disk/by-id/virtio-$addr"
+if [ -r "${{rootmnt}}/etc/fstab" ]; then
+    while read -r fdev fdir rest; do
+        [ "$fdir" = /local ] || continue
+        case "$fdev" in
+            /dev/disk/by-id/virtio-[0-9A-F][0-9A-F][0-9A-F][0-9A-F]) dev="$fdev" ;;
+            /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]) dev="$fdev" ;;
+            /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-part1) dev="$fdev" ;;
+        esac
+    done < "${{rootmnt}}/etc/fstab"
+fi
 n=0
 while [ ! -b "$dev" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 if [ ! -b "$dev" ]; then
@@ -72,7 +84,7 @@ done
 # the read-only disks fails (they cannot be opened for writing) and costs a 5 s pause.
 if [ -x /sbin/e2fsck ] && [ -r "${{rootmnt}}/etc/fstab" ]; then
     while read -r fdev fdir ftype fopts ffreq fpass rest; do
-        case "$fdev" in /dev/disk/by-id/virtio-*) ;; *) continue ;; esac
+        case "$fdev" in /dev/disk/by-id/virtio-*|/dev/disk/by-path/ccw-*) ;; *) continue ;; esac
         case "$ftype" in ext2|ext3|ext4) ;; *) continue ;; esac
         [ "${{fpass:-0}}" != 0 ] && [ "$fdir" != /local ] || continue
         /sbin/e2fsck -p "$fdev" >/dev/null 2>&1

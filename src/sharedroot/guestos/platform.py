@@ -78,3 +78,12 @@ _BY_BUS = {p.bus: p for p in PLATFORMS}
 
 def for_bus(bus: DeviceBus) -> Platform:
     return _BY_BUS[bus]
+
+
+def for_arch(arch: str) -> Platform:
+    """The platform whose guests run `arch` (a Debian architecture name)."""
+    for p in PLATFORMS:
+        if p.arch == arch:
+            return p
+    known = ", ".join(p.arch for p in PLATFORMS)
+    raise InputError(f"architecture {shown(arch)}: sharedroot builds guests for {known}")

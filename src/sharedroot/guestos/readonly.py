@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos import earlybind
-from sharedroot.guestos.debian import chroot_mounts
+from sharedroot.guestos import earlybind, zipl
+from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
-from sharedroot.guestos.platform import VIRTIO, Platform
+from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, parse_boot_config, render_boot_config
 from sharedroot.model.layout import Layout
 from sharedroot.run import run
@@ -90,7 +90,16 @@ def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIR
     words = [w for w in conf.cmdline.split() if w not in extra and w != "rw"]
     words = [w for w in words if not w.startswith(f"{CMDLINE_KEY}=")]
     words += [] if "ro" in words else ["ro"]
-    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, " ".join([*words, *extra])))
+    if platform.boot_loader is BootLoader.ZIPL:
+        # The paper's sed: `ro dasd=1b0(ro),1b1(ro),1b2-1b7,...` and vmpoff=LOGOFF.
+        words = zipl.with_dasd(words, zipl.dasd_parameter(layout, readonly=True))
+        words += [] if "vmpoff=LOGOFF" in words else ["vmpoff=LOGOFF"]
+    cmdline = " ".join([*words, *extra])
+    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, cmdline))
+    if platform.boot_loader is BootLoader.ZIPL:
+        log(f"zipl.conf: {cmdline}")
+        zipl.write_zipl_conf(root, conf.kernel, conf.initrd, cmdline)
+        zipl.write_ipl_record(root, log)
     # Last, so /local gets the /etc changed above: at boot it is the clone's /etc.
     log(f"/local: copies of {', '.join('/' + b for b in BOUND)}")
     for name in BOUND:

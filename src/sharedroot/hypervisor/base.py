@@ -145,6 +145,11 @@ class Hypervisor(Protocol):
     def remove_parm(self, guest: str) -> None: ...
 
     # LOGON, IPL, LOGOFF -------------------------------------------------------------
+    def access_files(self) -> dict[str, str]:
+        """Files (path in the guest -> text) a system needs so `execute` reaches it
+        (on z/VM: the site's SSH key in root's authorized_keys), made on first use."""
+        ...
+
     def start(self, guest: str, request: StartRequest) -> None:
         """LOGON + IPL: boot the guest from its boot disk."""
         ...

@@ -311,6 +311,9 @@ class LocalBackend:
             if (addresses is None or d.address in addresses) and not d.path.is_file()
         ]
 
+    def access_files(self) -> dict[str, str]:
+        return {}  # commands reach a local guest through its QEMU guest agent
+
     def start(self, guest: str, request: StartRequest) -> None:
         self._require_guest(guest)
         self._require_logged_off(guest)

@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 
 import sharedroot
-from sharedroot.errors import InputError
-from sharedroot.guestos import debian, findself
-from sharedroot.guestos.platform import for_bus
+from sharedroot.errors import InputError, RefusedError
+from sharedroot.guestos import debian, findself, zipl
+from sharedroot.guestos.platform import BootLoader, for_arch, for_bus
 from sharedroot.hypervisor import cache_dir
 from sharedroot.model.parm import check_hostname
 from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
+from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 
 # Where the guest finds sharedroot's own Python code (findself runs from there).
@@ -44,17 +45,29 @@ def own_tree(path: Path) -> Path:
 
 
 def install(
-    site: Site, ui: UI, opts: Options, distro: str | None = None, tree_dir: Path | None = None
+    site: Site,
+    ui: UI,
+    opts: Options,
+    distro: str | None = None,
+    tree_dir: Path | None = None,
+    arch: str | None = None,
 ) -> Outcome:
     distro = distro or site.config.distro
     given = own_tree(tree_dir) if tree_dir is not None else None
     if distro != "debian-bookworm":
         raise InputError(f"--distro {distro!r}: only debian-bookworm can be installed so far")
+    platform = for_bus(site.hv.bus)
+    if arch is not None and for_arch(arch) is not platform:
+        raise RefusedError(
+            f"--arch {arch}: the {site.hv.name} backend runs {platform.arch} guests"
+            f" ({platform.bus} disks); {arch} guests need "
+            + ("a zvm site (init --backend zvm)" if arch == "s390x" else "a local site")
+        )
     guest = site.config.guests.maintenance
     layout = site.config.layout
     # A user ID may hold @ # $, which a host name may not: those become '-'.
     hostname = check_hostname(re.sub(r"[^a-z0-9]", "-", guest.lower()).strip("-") or "linux")
-    recipe = debian.Recipe(layout=layout, hostname=hostname)
+    recipe = debian.recipe_for(platform, layout=layout, hostname=hostname)
     disks = layout.copied
     with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
@@ -73,8 +86,11 @@ def install(
             # A tree of the user's is staged in the store, never beside it.
             under = site.home / "tmp" if given is not None else None
             with debian.staged_tree(tree[0], under) as stage:
-                debian.install_extra(stage, guest_files(), [findself.UNIT_NAME])
-                sources = debian.split_tree(stage, layout, platform=for_bus(site.hv.bus))
+                access = site.hv.access_files()
+                files = {**guest_files(), **access}
+                modes = dict.fromkeys(access, 0o600)
+                debian.install_extra(stage, files, [findself.UNIT_NAME], modes=modes)
+                sources = debian.split_tree(stage, layout, platform=platform)
                 for d in disks:
                     if d.kind is not DiskKind.VDISK:
                         site.hv.fill_disk(guest, d.address, d.kind, d.fs, sources.get(d.address))
@@ -89,6 +105,14 @@ def install(
             ),
             Step(f"lay the tree onto {guest}'s disks ({where})", lay_out),
         ]
+        if platform.boot_loader is BootLoader.ZIPL:
+            boot_disks = [layout.root, *(d for d in layout.copied if d.mount == "/boot")]
+
+            def ipl_record() -> None:
+                with guest_tree(site, guest, boot_disks, write=True) as root:
+                    zipl.write_ipl_record(root, ui.step)
+
+            steps.append(Step(f"write {guest}'s IPL record (zipl, on a real DASD)", ipl_record))
         return perform(
             site,
             ui,

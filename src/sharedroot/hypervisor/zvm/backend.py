@@ -45,6 +45,7 @@ CYLINDER = devices.CYLINDER
 BASE_PROFILE = "RORDFLT"  # the paper's base profile: IPL CMS, NICDEF, LINK CMSCLONE 192 191 RR
 CMS_LABEL = "CMS192"
 PARM_TYPE = "PARM-S10"
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"  # how exec reaches a guest (SSH)
 
 
 def _stderr(text: str) -> None:
@@ -403,6 +404,9 @@ class ZvmBackend:
                 cms.delete_file(dev, userid(guest), PARM_TYPE)
 
     # LOGON, IPL, LOGOFF -------------------------------------------------------------
+    def access_files(self) -> dict[str, str]:
+        return {AUTHORIZED_KEYS: guestlink.site_key(self.home)}
+
     def start(self, guest: str, request: StartRequest) -> None:
         found = self.query(guest)
         if found is GuestState.NO_SUCH:

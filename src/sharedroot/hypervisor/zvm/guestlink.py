@@ -7,6 +7,7 @@ it), with the site's own key (home/ssh/id_ed25519).
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import shutil
 import socket
@@ -97,6 +98,21 @@ def wait_ssh(ip: str, guest: str, timeout: float) -> None:
                     " look at its console from CP"
                 ) from None
             time.sleep(1)
+
+
+def site_key(home: Path) -> str:
+    """The public half of the site's SSH key (home/ssh/id_ed25519), made on first use."""
+    key = home / "ssh" / "id_ed25519"
+    pub = key.with_name(key.name + ".pub")
+    if not (key.exists() and pub.exists()):
+        key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = key.with_name(f".{key.name}.{os.getpid()}")
+        for p in (tmp, tmp.with_name(tmp.name + ".pub")):
+            p.unlink(missing_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sharedroot", "-f", str(tmp)])
+        os.replace(tmp.with_name(tmp.name + ".pub"), pub)
+        os.replace(tmp, key)
+    return pub.read_text()
 
 
 def ssh(home: Path, ip: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:

@@ -1,0 +1,90 @@
+"""The s390x golden system's pieces that need no boot: recipe, zipl.conf, dasd=, binfmt."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sharedroot.errors import InputError
+from sharedroot.guestos import debian, earlybind, foreign, zipl
+from sharedroot.guestos.platform import CCW, VIRTIO, for_arch
+from sharedroot.model.layout import PAPER_LAYOUT
+
+
+def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
+    amd = debian.recipe_for(VIRTIO, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    s390 = debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    assert amd == debian.Recipe(layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    assert s390.arch == "s390x" and s390.kernel_package == "linux-image-s390x"
+    assert "s390-tools" in s390.packages and "qemu-guest-agent" not in s390.packages
+    assert {"virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4"} <= set(s390.initramfs_modules)
+    assert "vmpoff=LOGOFF" in s390.cmdline_extra.split()
+    key = debian.recipe_key(s390)
+    assert key.startswith("debian-bookworm-s390x-") and key != debian.recipe_key(amd)
+    assert for_arch("s390x") is CCW and for_arch("amd64") is VIRTIO
+    with pytest.raises(InputError, match="ppc64el"):
+        for_arch("ppc64el")
+
+
+def test_dasd_parameter_in_the_papers_form() -> None:
+    assert zipl.dasd_parameter(PAPER_LAYOUT, readonly=False) == "dasd=1b0-1bf"
+    # The paper's sed gives 1b0(ro),1b1(ro),1b2-1b7,1b8(ro),1b9-1bf; /usr at 1B7 is a
+    # read-only link as well, so it is marked too.
+    assert (
+        zipl.dasd_parameter(PAPER_LAYOUT, readonly=True)
+        == "dasd=1b0(ro),1b1(ro),1b2-1b6,1b7(ro),1b8(ro),1b9-1bf"
+    )
+    words = zipl.with_dasd(["root=x", "dasd=1b0-1bf", "ro"], "dasd=1b0(ro)")
+    assert words == ["root=x", "ro", "dasd=1b0(ro)"]
+
+
+def test_zipl_conf_is_written_whole_and_checked(tmp_path: Path) -> None:
+    params = "root=/dev/disk/by-path/ccw-0.0.01b1-part1 ro dasd=1b0-1bf vmpoff=LOGOFF"
+    path = zipl.write_zipl_conf(tmp_path, "vmlinuz-6.1.0-50-s390x", "initrd.img-6.1.0", params)
+    text = path.read_text()
+    assert path == tmp_path / "etc/zipl.conf"
+    assert "[defaultboot]\ndefault = sharedroot\n" in text
+    assert "image = /boot/vmlinuz-6.1.0-50-s390x\n" in text
+    assert f'parameters = "{params}"\n' in text
+    for kernel, parm in (
+        ("vmlinuz", 'ro" \n[evil]'),
+        ("vmlinuz", "ro # comment"),
+        ("../../etc/shadow", "ro"),
+        ("vmlinuz\nimage=/x", "ro"),
+        ("vmlinuz", ""),
+    ):
+        with pytest.raises(InputError):
+            zipl.render_zipl_conf(kernel, "initrd", parm)
+
+
+def test_zipl_runs_only_on_a_real_dasd(tmp_path: Path) -> None:
+    """Under the emulator /boot is a loop device: no zipl, the IPL reads sharedroot.conf."""
+    image = tmp_path / "boot.img"
+    subprocess.run(["mke2fs", "-q", "-t", "ext2", str(image), "8M"], check=True)
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    subprocess.run(["mount", "-o", "loop,ro", str(image), str(root / "boot")], check=True)
+    try:
+        assert zipl.boot_source(root) is not None
+        said: list[str] = []
+        assert zipl.write_ipl_record(root, said.append) is False
+        assert "not a DASD" in said[0]
+    finally:
+        subprocess.run(["umount", str(root / "boot")], check=True)
+    assert zipl.boot_source(root) is None
+
+
+def test_the_early_bind_takes_locals_device_from_the_fstab() -> None:
+    script = earlybind.LOCAL_BOTTOM_SCRIPT
+    assert "/dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-part1) dev=" in script
+    subprocess.run(["sh", "-n"], input=script.encode(), check=True)
+
+
+def test_binfmt_for_s390x_on_this_machine() -> None:
+    assert foreign.host_arch() == "amd64"
+    assert foreign.is_foreign("s390x") and not foreign.is_foreign("amd64")
+    said = foreign.ensure_binfmt("s390x")
+    assert "qemu-s390x" in said
+    assert Path("/proc/sys/fs/binfmt_misc/qemu-s390x").read_text().startswith("enabled")
