@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sharedroot.errors import InputError
+from sharedroot.guestos.platform import for_bus
 from sharedroot.model.parm import identity_from_parm
 from sharedroot.model.types import GuestState
 from sharedroot.workflows import guards
@@ -12,7 +13,7 @@ from sharedroot.workflows.context import UI, Options, Site
 from sharedroot.workflows.guest import start, wait_ready
 
 WRITABLE = ("/etc", "/var", "/root", "/srv", "/tmp")  # the paper's five that must work
-READONLY = ("/", "/usr", "/opt")  # and the three that must fail
+READONLY = ("/", "/usr", "/opt", "/boot")  # and the shared ones that must fail
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,23 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
     _, failed, _ = sh("systemctl --failed --no-legend --plain")
     checks.append(Check("systemctl --failed is empty", failed == "", failed or "none failed"))
 
+    platform = for_bus(site.hv.bus)
+    _, fstab, _ = sh("cat /etc/fstab")
+    sources = {f[1]: f[0] for f in (ln.split() for ln in fstab.splitlines()) if len(f) >= 2}
+    wrong = [
+        f"{d.mount} on {sources.get(d.mount, 'nothing')}"
+        for d in site.config.layout
+        if d.mount is not None and sources.get(d.mount) != platform.filesystem(d.address)
+    ]
+    checks.append(
+        Check(
+            "fstab names each disk by its address",
+            not wrong,
+            "; ".join(wrong) or f"e.g. {platform.filesystem(site.config.layout.root.address)} /",
+        )
+    )
     for disk in site.config.layout.shared:
-        dev = f"/dev/disk/by-id/virtio-{disk.address}"
+        dev = platform.disk(disk.address)
         _, ro, _ = sh(f'cat /sys/class/block/$(basename "$(readlink -f {dev})")/ro')
         checks.append(
             Check(

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 from sharedroot.errors import InputError, OperationError, RefusedError
 from sharedroot.hypervisor.zvm.cp import Cp
-from sharedroot.model.parm import identity_from_parm
+from sharedroot.model.parm import MAX_PARM_CHARS, check_ipv4, parse_parm
 from sharedroot.model.types import GuestState
 from sharedroot.run import run
 
@@ -78,8 +78,10 @@ def shutdown(cp: Cp, guest: str, timeout: float, signal_within: int) -> str:
 def parm_ip(guest: str, parm: str | None) -> str:
     if parm is None:
         raise RefusedError(f"{guest} has no parm file ({guest} PARM-S10 on the admin disk)")
+    # Only HostIP: a guest whose parm file is wrong elsewhere (and so keeps its last
+    # identity) is still reached at the address the file gives.
     try:
-        return identity_from_parm(parm).ip
+        return check_ipv4(parse_parm(parm[:MAX_PARM_CHARS]).get("hostip"), "HostIP")
     except InputError as exc:
         raise RefusedError(f"{guest} PARM-S10: {exc}") from None
 
