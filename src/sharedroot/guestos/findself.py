@@ -2,15 +2,23 @@
 
 The paper's boot.findself links the guest's 191 disk (CMSCLONE 192), reads
 `<USERID> PARM-S10` and sed-edits hostname, hosts and the ifcfg file.  Here the guest
-learns its user ID from the hypervisor (QEMU's SMBIOS serial), mounts the admin disk
-(virtio serial 0191) read-only, validates the parm file with identity_from_parm and
-writes each file whole, only when the identity differs from what it last applied
-(recorded in /etc/sharedroot/identity).  A guest that is a new clone (another guest's
-record, or none) also gets its own machine-id and SSH host keys.
+learns its user ID from the hypervisor, mounts the admin disk read-only, validates the
+parm file with identity_from_parm and writes each file whole, only when the identity
+differs from what it last applied (recorded in /etc/sharedroot/identity).  A guest that
+is a new clone (another guest's record, or none) also gets its own machine-id and SSH
+host keys.
+
+Two platforms (`--platform`, by default from the machine):
+- virtio (x86 under QEMU): the user ID is the SMBIOS serial, the admin disk the virtio
+  disk with serial 0191, an ext filesystem.
+- ccw (s390x under z/VM or the CP emulator): the paper's way, in zvmguest: the user ID
+  from `vmcp q userid` or /proc/sysinfo, the 0191 CMS disk read with cmsfs-fuse, the
+  parm file's OSA card grouped with chzdev.
 
 Runs inside guests from a systemd unit, before the network and sshd start: standard
-library and sharedroot.model/errors/run only.  Never fails the boot: a bad parm file,
-no parm file or no admin disk is logged and the previous identity is kept.
+library, sharedroot.model/errors/run and its guestos siblings only.  Never fails the
+boot: a bad parm file, no parm file or no admin disk is logged and the previous identity
+is kept.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharedroot.errors import InputError, SharedrootError
-from sharedroot.guestos import network
+from sharedroot.guestos import network, zvmguest
 from sharedroot.model.parm import Identity, identity_from_parm
+from sharedroot.model.types import DeviceBus
 from sharedroot.model.types import guest_name as check_guest_name
 from sharedroot.run import CommandError, have, run
 
@@ -60,6 +69,12 @@ class Result:
     identity: Identity | None = None
     changes: list[str] = field(default_factory=list)
     problem: str | None = None
+    interface: str | None = None  # the parm file's network card, where findself found it
+
+
+def machine_platform() -> DeviceBus:
+    """ccw on s390x (z/VM, or QEMU's s390x under the CP emulator), else virtio."""
+    return DeviceBus.CCW if os.uname().machine == "s390x" else DeviceBus.VIRTIO
 
 
 def unit_text(pythonpath: str) -> str:
@@ -72,6 +87,12 @@ def unit_text(pythonpath: str) -> str:
     systemd-machine-id-commit.service, so on a first boot it sees systemd's fresh
     transient machine-id still mounted over /etc/machine-id and leaves it alone.
     WantedBy=sysinit.target (Wants, not Requires): a failure never stops the boot.
+
+    On s390x findself brings the 0191 disk (and the OSA card) online itself and waits
+    for udev's by-path link, so it needs udevd running (after systemd-udevd.service and
+    the coldplug trigger), and cmsfs-fuse needs /dev/fuse (modprobe@fuse.service; the
+    code loads the module too when it is missing).  The platform is found at run time,
+    so one unit serves both.
     """
     if not re.fullmatch(r"/[A-Za-z0-9._/:+-]*", pythonpath):
         raise InputError(f"PYTHONPATH {pythonpath!r}: must be absolute paths of plain characters")
@@ -79,7 +100,9 @@ def unit_text(pythonpath: str) -> str:
 [Unit]
 Description=sharedroot findself: hostname and address from this guest's parm file
 DefaultDependencies=no
-After=local-fs.target systemd-remount-fs.service systemd-udev-trigger.service
+After=local-fs.target systemd-remount-fs.service
+After=systemd-udevd.service systemd-udev-trigger.service modprobe@fuse.service
+Wants=modprobe@fuse.service
 Before=sysinit.target shutdown.target systemd-machine-id-commit.service
 Before=network-pre.target systemd-networkd.service networking.service
 Before=systemd-resolved.service systemd-hostnamed.service ssh.service
@@ -278,6 +301,8 @@ def findself(
     *,
     guest_name: str | None = None,
     parm_dir: Path | None = None,
+    platform: DeviceBus = DeviceBus.VIRTIO,
+    sysinfo: Path | None = None,
     log: Log = _print,
 ) -> Result:
     """Apply this guest's parm file to the system at `root`; see the module docstring.
@@ -285,7 +310,12 @@ def findself(
     Writes nothing when the guest name or the parm file is missing or invalid.  When
     the identity equals the recorded one, changes nothing, even files edited by hand
     since (the admin's edits survive reboots; a new parm file rewrites them).
+
+    On ccw the user ID comes from <root>/dev/vmcp or `sysinfo` (default
+    <root>/proc/sysinfo), the parm file's OSA words are checked with the rest, and the
+    card is set up at every boot from the devices in <root>/sys (zvmguest.setup_nic).
     """
+    platform = DeviceBus(platform)
     result = Result()
 
     def keep(reason: str) -> Result:
@@ -294,7 +324,12 @@ def findself(
         return result
 
     try:
-        guest = check_guest_name(guest_name) if guest_name is not None else read_guest_name(root)
+        if guest_name is not None:
+            guest = check_guest_name(guest_name)
+        elif platform is DeviceBus.CCW:
+            guest = zvmguest.read_user_id(root, log, sysinfo)
+        else:
+            guest = read_guest_name(root)
     except InputError as exc:
         return keep(str(exc))
     result.guest = guest
@@ -303,11 +338,17 @@ def findself(
     try:
         name, text = read_parm(parm_dir, guest)
         identity = identity_from_parm(text)
+        nic = zvmguest.nic_from_parm(text) if platform is DeviceBus.CCW else None
     except InputError as exc:
         return keep(f"{guest}: {exc}")
     result.identity = identity
 
     wanted = _record(guest, identity)
+    if platform is DeviceBus.CCW:
+        # The card is set up for this boot only (the root is shared): at every boot.
+        wanted["nic"] = nic.record() if nic is not None else None
+        if nic is not None:
+            result.interface = zvmguest.setup_nic(root, nic, log)
     old = _load_record(root, log)
     summary = f"{identity.hostname} {identity.ip}/{identity.prefix}"
     if old == wanted:
@@ -339,7 +380,7 @@ def findself(
                 log(f"findself: cannot set the running hostname: {exc}")
             else:
                 change(f"running hostname {running} -> {short}")
-    _write_network(root, identity, change, log)
+    _write_network(root, identity, change, log, result.interface)
     if new_clone:
         change(fresh_machine_id(root))
         change(fresh_ssh_keys(root, log))
@@ -348,7 +389,9 @@ def findself(
     return result
 
 
-def _write_network(root: Path, identity: Identity, change: Log, log: Log) -> None:
+def _write_network(
+    root: Path, identity: Identity, change: Log, log: Log, interface: str | None = None
+) -> None:
     route = f" gateway {identity.gateway}" if identity.gateway else ""
     address = f"{identity.ip}/{identity.prefix}{route}"
     stack = network.detect(root)
@@ -356,7 +399,8 @@ def _write_network(root: Path, identity: Identity, change: Log, log: Log) -> Non
         if write_if_changed(root / network.NETWORKD_FILE, network.networkd_text(identity)):
             change(f"network (systemd-networkd): {address}")
     elif stack is network.NetStack.IFUPDOWN:
-        iface = network.ifupdown_interface(root)
+        # The parm file's card where findself found it, else the first Ethernet NIC.
+        iface = interface or network.ifupdown_interface(root)
         text = network.ifupdown_text(identity, iface)
         if write_if_changed(root / network.IFUPDOWN_FILE, text):
             change(f"network (ifupdown, {iface}): {address}")
@@ -434,19 +478,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Take this guest's hostname and address from its parm file.",
     )
     parser.add_argument("--root", type=Path, default=Path("/"), help="system root (default /)")
-    parser.add_argument("--guest", help="guest name (default: the SMBIOS serial)")
+    parser.add_argument(
+        "--platform",
+        choices=[b.value for b in DeviceBus],
+        help="virtio: SMBIOS serial and an ext admin disk; ccw: z/VM user ID, CMS disk 0191"
+        " and OSA card (default: ccw on s390x, else virtio)",
+    )
+    parser.add_argument(
+        "--guest", help="guest name (default: the SMBIOS serial; on ccw vmcp or /proc/sysinfo)"
+    )
     parser.add_argument("--parm-dir", type=Path, help="a mounted admin disk (default: mount it)")
     parser.add_argument(
-        "--device", default=ADMIN_DEVICE, help=f"admin disk (default {ADMIN_DEVICE})"
+        "--device",
+        help=f"admin disk (default {ADMIN_DEVICE}; on ccw {zvmguest.ADMIN_DEVICE})",
     )
     parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the disk")
     args = parser.parse_args(argv)
+    platform = DeviceBus(args.platform) if args.platform else machine_platform()
+    ccw = platform is DeviceBus.CCW
+    device = args.device or (zvmguest.ADMIN_DEVICE if ccw else ADMIN_DEVICE)
     try:
         if args.parm_dir is not None:
-            findself(args.root, guest_name=args.guest, parm_dir=args.parm_dir)
+            findself(args.root, guest_name=args.guest, parm_dir=args.parm_dir, platform=platform)
         else:
-            with admin_disk(args.device, args.wait, _print) as mnt:
-                findself(args.root, guest_name=args.guest, parm_dir=mnt)
+            disk = (
+                zvmguest.admin_disk(args.root, device, args.wait, _print)
+                if ccw
+                else admin_disk(device, args.wait, _print)
+            )
+            with disk as mnt:
+                findself(args.root, guest_name=args.guest, parm_dir=mnt, platform=platform)
     except (OSError, SharedrootError) as exc:
         # A real failure (disk full, I/O error): the unit shows failed, the boot goes on.
         print(f"findself: failed: {exc}", file=sys.stderr, flush=True)

@@ -80,6 +80,12 @@ def uses_resolved(root: Path) -> bool:
 
 
 def networkd_text(identity: Identity) -> str:
+    """The .network file: any Ethernet NIC by name, the parm file's address on it.
+
+    `en*` covers udev's predictable names on both platforms: enp1s0/ens3 for PCI NICs,
+    enc600/encf500 for s390x ccw cards (a qeth group device or virtio-net-ccw, named
+    after the bus ID); `eth*` the kernel's names with net.ifnames=0.
+    """
     check_identity(identity)
     lines = [
         HEADER.rstrip("\n"),
