@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -313,6 +315,17 @@ def test_main_mounts_the_admin_disk_read_only(
     assert "findself: hostname s10rwmnt -> lnx226" in out
     assert Path("/proc/self/mounts").read_text() == before
     assert not list(Path("/run").glob("sharedroot-findself-*"))
+
+
+def test_platform_virtio_option_keeps_the_smbios_way(
+    tree: Path, admin: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--platform virtio on any machine: SMBIOS serial, no OSA handling, today's record."""
+    monkeypatch.setattr(fs.os, "uname", lambda: SimpleNamespace(machine="s390x"))
+    assert fs.main(["--root", str(tree), "--platform", "virtio", "--parm-dir", str(admin)]) == 0
+    assert "findself: hostname s10rwmnt -> lnx226" in capsys.readouterr().out
+    record = json.loads((tree / fs.RECORD_FILE).read_text())
+    assert sorted(record) == ["gateway", "guest", "hostname", "ip", "nameserver", "prefix"]
 
 
 def test_runs_with_the_guest_python_alone(tree: Path, admin: Path) -> None:

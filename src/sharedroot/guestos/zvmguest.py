@@ -136,6 +136,13 @@ class Nic:
         }
 
 
+def _check_words(layer2: str | None, portname: str | None) -> None:
+    if layer2 is not None and not _LAYER2.fullmatch(layer2):
+        raise InputError(f"Layer2 {shown(layer2)}: must be 0 or 1")
+    if portname is not None and not _PORTNAME.fullmatch(portname):
+        raise InputError(f"Portname {shown(portname)}: must be 1-8 letters or digits")
+
+
 def check_nic(nic: Nic) -> Nic:
     """Every value against its rule; chzdev_argv calls it again right before use."""
     channels = [(nic.read, "ReadChannel"), (nic.write, "WriteChannel"), (nic.data, "DataChannel")]
@@ -144,11 +151,8 @@ def check_nic(nic: Nic) -> Nic:
             raise InputError(f"{what} {shown(value)}: must be written in lower case here")
     given = [v for v, _ in channels if v is not None]
     if len(set(given)) != len(given):
-        raise InputError(f"channels {' '.join(given)}: must be three different devices")
-    if nic.layer2 is not None and not _LAYER2.fullmatch(nic.layer2):
-        raise InputError(f"Layer2 {shown(nic.layer2)}: must be 0 or 1")
-    if nic.portname is not None and not _PORTNAME.fullmatch(nic.portname):
-        raise InputError(f"Portname {shown(nic.portname)}: must be 1-8 letters or digits")
+        raise InputError(f"channels {' '.join(given)}: must be different devices")
+    _check_words(nic.layer2, nic.portname)
     return nic
 
 
@@ -168,10 +172,7 @@ def nic_from_parm(text: str) -> Nic | None:
     layer2, portname = get("layer2"), get("portname")
     channels = [(read, "ReadChannel"), (write, "WriteChannel"), (data, "DataChannel")]
     checked = [check_bus_id(v, what) if v is not None else None for v, what in channels]
-    if layer2 is not None and not _LAYER2.fullmatch(layer2):
-        raise InputError(f"Layer2 {shown(layer2)}: must be 0 or 1")
-    if portname is not None and not _PORTNAME.fullmatch(portname):
-        raise InputError(f"Portname {shown(portname)}: must be 1-8 letters or digits")
+    _check_words(layer2, portname)
     if checked[0] is None:
         if checked[1] or checked[2]:
             raise InputError("parm file: WriteChannel/DataChannel without ReadChannel")
@@ -394,7 +395,11 @@ def admin_disk(
 
 def chzdev_argv(nic: Nic) -> list[str]:
     """Group and enable the OSA card, for this boot only (`-a`: the root is shared and
-    read-only; findself does it again at every boot from the parm file)."""
+    read-only; findself does it again at every boot from the parm file).
+
+    Portname is passed as the paper writes it; kernels since 4.x ignore it (with a
+    one-time warning), older ones need it on some OSA models.
+    """
     check_nic(nic)
     if nic.write is None or nic.data is None:
         raise InputError(f"OSA {nic.read}: needs WriteChannel and DataChannel")
