@@ -435,22 +435,32 @@ def setup_nic(root: Path, nic: Nic, log: Log, wait: float = 5.0) -> str | None:
         log(f"findself: ReadChannel {nic.read}: no such device; network card left alone")
         return None
     kind = nic_kind(root, nic.read)
-    if kind is NicKind.VIRTIO:
-        return interface_of(root, nic.read)
-    if kind is not NicKind.QETH:
-        log(f"findself: ReadChannel {nic.read}: not an OSA card; left alone")
-        return interface_of(root, nic.read)
     group = root / "sys/bus/ccwgroup/devices" / nic.read
-    if _read(group / "online") == "1":
-        layer2 = _read(group / "layer2")
-        if nic.layer2 is not None and layer2 is not None and layer2 != nic.layer2:
-            log(f"findself: OSA {nic.read} is online with layer2={layer2}, not {nic.layer2}")
-        return interface_of(root, nic.read)
-    try:
-        argv = chzdev_argv(nic)
-        run(argv, timeout=CMD_TIMEOUT)
-    except (InputError, CommandError) as exc:
-        log(f"findself: OSA {nic.read} not enabled: {exc}")
-        return None
-    log(f"findself: OSA {nic.read}: {' '.join(argv)}")
+    grouped = kind is NicKind.QETH and _read(group / "online") == "1"
+    if kind is NicKind.QETH and not grouped:
+        try:
+            argv = chzdev_argv(nic)
+            run(argv, timeout=CMD_TIMEOUT)
+        except (InputError, CommandError) as exc:
+            log(f"findself: OSA {nic.read} not enabled: {exc}")
+            return None
+        log(f"findself: OSA {nic.read}: {' '.join(argv)}")
+        return interface_of(root, nic.read)  # chzdev waited for udev itself
+    if kind is NicKind.OTHER:
+        log(f"findself: ReadChannel {nic.read}: not an OSA card; left alone")
+    layer2 = _read(group / "layer2") if grouped else None
+    if nic.layer2 is not None and layer2 is not None and layer2 != nic.layer2:
+        log(f"findself: OSA {nic.read} is online with layer2={layer2}, not {nic.layer2}")
+    # Coldplugged at boot: let udev finish renaming it (eth0 -> enc600) first.
+    settle(log)
     return interface_of(root, nic.read)
+
+
+def settle(log: Log) -> None:
+    """Wait (bounded) until udev has handled the events queued so far."""
+    if not have("udevadm"):
+        return
+    try:
+        run(["udevadm", "settle", "--timeout=10"], timeout=CMD_TIMEOUT)
+    except CommandError as exc:
+        log(f"findself: {exc}")
