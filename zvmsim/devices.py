@@ -12,6 +12,7 @@ import re
 import signal
 import struct
 import sys
+import zlib
 
 from zvmsim import WORKER, loops
 from zvmsim.state import Session, open_session, sim_dir
@@ -238,11 +239,11 @@ def fdasd(argv: list[str]) -> int:
         vdev, rec = found
         fd = os.open(str(rec["loop"]), os.O_RDONLY)
         try:
-            label = os.pread(fd, 4, loops.LABEL_OFFSET)
+            label = os.pread(fd, 14, loops.LABEL_OFFSET)
             size = _size(fd)
         finally:
             os.close(fd)
-        if label != ebcdic("VOL1"):
+        if label[:4] != ebcdic("VOL1"):
             # unconfirmed text
             _err("fdasd error: Unsupported disk format")
             _err(f"{nodes[0]} is not formatted with z/OS compatible disk layout!")
@@ -254,11 +255,11 @@ def fdasd(argv: list[str]) -> int:
             print("auto-creating one partition for the whole disk...")
             print("writing volume label...")
             print("writing VTOC...")
-        length = (size - loops.PART_START) // 4096 * 4096
         fd = os.open(str(rec["loop"]), os.O_RDWR)
         try:
-            record = loops.PART_MAGIC + struct.pack(">IQQ", 1, loops.PART_START, length)
-            os.pwrite(fd, record, loops.PART_OFFSET)
+            # a DOS table a guest's kernel reads (see loops.py), identified by the volser
+            table = loops.mbr(size, disk_id=zlib.crc32(label[8:14]))
+            os.pwrite(fd, table, 0)
             os.fsync(fd)
         finally:
             os.close(fd)

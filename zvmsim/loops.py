@@ -9,10 +9,16 @@ Disk layout written by `dasdfmt` and `fdasd` (inside the disk's bytes, so a copy
 disk carries it), an emulation of CDL, not the real record format:
 - block 2 (byte 8192): the volume label, 80 bytes EBCDIC: "VOL1" + "VOL1" + volser
   (6 characters), blank-padded (real CDL keeps VOL1 in track 0 record 3);
-- block 3 (byte 12288): the partition record written by `fdasd -a`: ASCII magic
-  "ZVMSIMPT", then big-endian u32 count (1), u64 first byte, u64 length in bytes.
-  Partition 1 covers tracks 2..end: first byte 2 * 12 * 4096 = 98304.
-Tracks 0-1 (bytes 0..98303) hold nothing else.
+- byte 0 (sector 0): the partition table written by `fdasd -a`, a DOS (MBR) table, so
+  that a Linux guest reading the disk as a virtio-blk device finds partition 1 (real
+  fdasd writes a VTOC, which Linux reads only on a real DASD): disk identifier at byte
+  440 (from the volume serial), entry 1 at byte 446 = not bootable, type 0x83, first
+  sector 192, sectors up to the last whole 4096-byte block; 0x55AA at byte 510.
+  Partition 1 covers tracks 2..end: first byte 2 * 12 * 4096 = 98304 (LBA 192).
+Tracks 0-1 (bytes 0..98303) hold nothing else. `dasdfmt` zeroes them, table included.
+
+A V-DISK is made fresh at each IPL of its user (paper's SWAPGEN): the same kind of table
+with partition 1 (type 0x82) from sector 192, holding a Linux swap signature (`swap_v1`).
 """
 
 from __future__ import annotations
@@ -22,14 +28,18 @@ import fcntl
 import os
 import struct
 import subprocess
+import uuid
 from pathlib import Path
 
 from zvmsim import TRACK_BYTES
 
 LABEL_OFFSET = 2 * 4096
-PART_OFFSET = 3 * 4096
-PART_MAGIC = b"ZVMSIMPT"
+SECTOR = 512
 PART_START = 2 * TRACK_BYTES
+MBR_ENTRY = 446
+MBR_SIGNATURE = b"\x55\xaa"
+TYPE_LINUX = 0x83
+TYPE_SWAP = 0x82
 META_BYTES = 2 * TRACK_BYTES
 BLKFLSBUF = 0x1261
 BLKZEROOUT = 0x127F
@@ -66,12 +76,41 @@ def flush(dev: str) -> None:
             os.close(fd)
 
 
+def mbr(size: int, part_type: int = TYPE_LINUX, disk_id: int = 0) -> bytes:
+    """Sector 0 of a disk of `size` bytes: a DOS table with partition 1 from PART_START
+    to the last whole 4096-byte block (CHS fields as for an LBA-only disk)."""
+    first = PART_START // SECTOR
+    sectors = (size - PART_START) // 4096 * 4096 // SECTOR
+    entry = struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", part_type, b"\xfe\xff\xff", first, sectors)
+    body = bytearray(SECTOR)
+    body[440:444] = struct.pack("<I", disk_id)
+    body[MBR_ENTRY : MBR_ENTRY + 16] = entry
+    body[510:512] = MBR_SIGNATURE
+    return bytes(body)
+
+
 def read_partition(fd: int) -> tuple[int, int] | None:
-    rec = os.pread(fd, 28, PART_OFFSET)
-    if len(rec) < 28 or rec[:8] != PART_MAGIC:
+    """(first byte, length) of partition 1 of the DOS table in sector 0, if any."""
+    return read_partition_table(os.pread(fd, SECTOR, 0))
+
+
+def read_partition_table(sector: bytes) -> tuple[int, int] | None:
+    if len(sector) < SECTOR or sector[510:512] != MBR_SIGNATURE:
         return None
-    count, start, length = struct.unpack(">IQQ", rec[8:28])
-    return (start, length) if count >= 1 and length > 0 else None
+    _, _, ptype, _, first, sectors = struct.unpack("<B3sB3sII", sector[MBR_ENTRY : MBR_ENTRY + 16])
+    if ptype == 0 or first == 0 or sectors == 0:
+        return None
+    return first * SECTOR, sectors * SECTOR
+
+
+def swap_v1(length: int) -> bytes:
+    """The first page of a Linux swap area of `length` bytes (4096-byte pages), as mkswap
+    writes it on the guest's s390x (big-endian): version 1, last page, no bad pages."""
+    page = bytearray(4096)
+    page[1024:1036] = struct.pack(">III", 1, length // 4096 - 1, 0)
+    page[1036:1052] = uuid.uuid4().bytes
+    page[4086:4096] = b"SWAPSPACE2"
+    return bytes(page)
 
 
 def partition_of(path: Path | str) -> tuple[int, int] | None:
