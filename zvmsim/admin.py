@@ -1,12 +1,15 @@
 """Administrator's side of the emulated z/VM, for tests: `python -m zvmsim.admin DIR ...`
 
-set KEY JSON          write a control.json knob (e.g. `set flashcopy '"fail"'`)
+set KEY JSON          write a control.json knob (e.g. `set flashcopy '"fail"'`); `vswitch`
+                      changes VSW1's address at once
 apply-direct FILE     replace/create the USER entries in FILE (as DIRECTXA would)
 state                 JSON: logged-on users and their devices, the worker's online devices
 cp USERID COMMAND...  issue a CP command as another user
 populate N            add N users LNX0001.. (INCLUDE S10DFLT, own 01B4 01B5 01B6), half
                       of them logged on
-cleanup               take every online device offline (loop devices detached)
+cleanup               log off every user running a guest (its QEMU killed), kill any other
+                      guest QEMU of DIR, take every online device offline (loop devices
+                      detached), delete DIR's network namespace (the VSWITCH)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from pathlib import Path
 
 from zvmsim import directory as dirmod
-from zvmsim import links, loops
+from zvmsim import guest, links, loops, vswitch
 from zvmsim.cp import cp
 from zvmsim.launch import prepare
 from zvmsim.state import open_session
@@ -30,6 +33,10 @@ def set_knob(root: Path, key: str, value: str) -> None:
         tmp = root / "control.json.tmp"
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, root / "control.json")
+        if key == "vswitch" and vswitch.exists(root):
+            # the gateway address changes at once, on the bridge that carries it
+            ns = vswitch.netns_name(root)
+            vswitch.ensure_bridge(ns, vswitch.DEFAULT_VSWITCH, vswitch.gateway(data))
 
 
 def apply_direct(root: Path, path: Path) -> list[str]:
@@ -73,10 +80,14 @@ def populate(root: Path, count: int) -> None:
 
 def cleanup(root: Path) -> None:
     with open_session(root) as s:
+        for userid in [u for u in s.users if guest.running(s, u)]:
+            links.logoff(s, userid, "cleanup")
         for vdev, rec in list(s.online.items()):
             loops.take_offline(rec, root / "by-path", vdev)
             del s.online[vdev]
         s.dirty = True
+        guest.kill_all(root)
+        vswitch.delete(root)
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from zvmsim import SYSTEM_NAME, WORKER, links
+from zvmsim import SYSTEM_NAME, WORKER, guest, links
 from zvmsim import directory as dirmod
 from zvmsim.state import Device, Session, open_session
 
@@ -235,7 +235,8 @@ def detach(s: Session, issuer: str, ops: list[str]) -> Result:
 
 # --- XAUTOLOG / SIGNAL / FORCE -------------------------------------------------------------
 def xautolog(s: Session, issuer: str, ops: list[str]) -> Result:
-    """XAUTOLOG userid [SYNCH] [...] — logs the user on; no guest is booted yet."""
+    """XAUTOLOG userid [SYNCH] [...] — logs the user on and IPLs 01B0 (guest.py): the
+    answer comes at once, whether or not a guest could be booted (see its console log)."""
     if not ops:
         return OPERAND
     userid = ops[0]
@@ -248,6 +249,7 @@ def xautolog(s: Session, issuer: str, ops: list[str]) -> Result:
         # unconfirmed for XAUTOLOG (FACTS §1.9: LOGON's text)
         return "HCPLGA050E LOGON unsuccessful--incorrect userid and/or password", 50
     links.logon(s, userid)
+    guest.started(s, userid)
     return f"Command accepted\nAUTO LOGON  ***       {userid:<8} USERS = {users_count(s)}", 0
 
 
@@ -257,7 +259,13 @@ def logoff_line(s: Session, userid: str, by: str | None) -> str:
 
 
 def signal(s: Session, issuer: str, ops: list[str]) -> Result:
-    """SIGNAL SHUTDOWN [USER] userid [WITHIN n] — answers at once, never waits n seconds."""
+    """SIGNAL SHUTDOWN [USER] userid [WITHIN n] — answers at once, never waits n seconds.
+
+    A user running a guest gets QMP system_powerdown and the answer is empty: it is
+    logged off once its QEMU has exited, or n seconds after the signal at the latest (the
+    reaper, guest.reap). A user without a guest (nothing IPLed) logs off at once, with the
+    HCPSIG2113I line and the LOGOFF line. A user in the `ignore_signal` knob gets no
+    signal and stays logged on (HCPSIG2115I at once), until FORCE."""
     if not ops or not abbrev(ops[0], "SHUTDOWN", 4):
         return OPERAND
     rest = ops[1:]
@@ -267,12 +275,17 @@ def signal(s: Session, issuer: str, ops: list[str]) -> Result:
         return OPERAND
     userid = rest[0]
     within = rest[2] if len(rest) > 2 and rest[1] == "WITHIN" else "300"
+    if not within.isdigit():
+        return OPERAND
     if not s.logged_on(userid):
         return f"HCPCQU045E {userid} not logged on", 45
     if userid in s.control().get("ignore_signal", []):
         # unconfirmed text (FACTS §1.9): the guest never reports back within the interval
         return f"HCPSIG2115I User {userid} did not respond to signal within {within} seconds", 0
-    links.logoff(s, userid)
+    if guest.running(s, userid):
+        guest.powerdown(s, userid, int(within))
+        return "", 0
+    links.logoff(s, userid, f"SIGNAL SHUTDOWN by {issuer}")
     # unconfirmed text (FACTS §1.9)
     return (
         f"HCPSIG2113I User {userid} has reported successful termination\n"
@@ -281,11 +294,11 @@ def signal(s: Session, issuer: str, ops: list[str]) -> Result:
 
 
 def force(s: Session, issuer: str, ops: list[str]) -> Result:
-    """FORCE userid [IMMED]"""
+    """FORCE userid [IMMED] — the guest's QEMU is killed (SIGKILL), the user logged off."""
     if not ops:
         return OPERAND
     userid = ops[0]
     if not s.logged_on(userid):
         return f"HCPCQU045E {userid} not logged on", 45
-    links.logoff(s, userid)
+    links.logoff(s, userid, f"FORCE by {issuer}")
     return logoff_line(s, userid, issuer), 0

@@ -1,8 +1,10 @@
 """`scripts/zvmsim DIR -- COMMAND...`: run COMMAND as the worker of the emulated z/VM in DIR.
 
-Creates DIR on first use from paper.direct, writes DIR/bin wrappers, logs the worker on,
-then runs COMMAND with PATH=DIR/bin:$PATH and ZVMSIM_DIR=DIR in a private mount namespace
-where DIR/by-path is bind-mounted on /dev/disk/by-path.
+Creates DIR on first use from paper.direct (or the file named by $ZVMSIM_DIRECT), writes
+DIR/bin wrappers, makes DIR's network namespace (the VSWITCH, vswitch.py), logs the worker
+on, then runs COMMAND with PATH=DIR/bin:$PATH and ZVMSIM_DIR=DIR inside that network
+namespace and in a private mount namespace where DIR/by-path is bind-mounted on
+/dev/disk/by-path.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from zvmsim import WORKER, links
+from zvmsim import WORKER, links, vswitch
 from zvmsim.state import empty_state, open_session
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,12 +31,28 @@ PROGRAMS = {
 USAGE = "usage: scripts/zvmsim DIR -- COMMAND...\n"
 
 
+def direct_source() -> Path:
+    """The USER DIRECT a new DIR starts from: $ZVMSIM_DIRECT if set, else paper.direct."""
+    named = os.environ.get("ZVMSIM_DIRECT")
+    if not named:
+        return Path(__file__).with_name("paper.direct")
+    path = Path(named)
+    if not path.is_file() and not path.is_absolute():
+        # a name relative to the repository (zvmsim/paper-s390x.direct) works from anywhere
+        path = REPO / named
+    if not path.is_file():
+        sys.stderr.write(f"zvmsim: ZVMSIM_DIRECT={named}: no such file\n")
+        raise SystemExit(3)
+    return path
+
+
 def create(root: Path) -> None:
     """A new emulated system: the paper's directory, its minidisk images (sparse)."""
+    source = direct_source()
     root.mkdir(parents=True, exist_ok=True)
-    for sub in ("disks", "by-path", "bin"):
+    for sub in ("disks", "by-path", "bin", "guests"):
         (root / sub).mkdir(exist_ok=True)
-    shutil.copyfile(Path(__file__).with_name("paper.direct"), root / "USER.DIRECT")
+    shutil.copyfile(source, root / "USER.DIRECT")
     (root / "control.json").write_text("{}\n")
     (root / "cp.log").touch()
     # state.json last: its presence marks DIR as complete
@@ -74,6 +92,8 @@ def prepare(root: Path) -> None:
     (root / "by-path").mkdir(exist_ok=True)
     write_wrappers(root)
     with open_session(root) as s:
+        # here, in the host's mount namespace: `ip netns add` publishes a mount
+        vswitch.ensure(root, s.control())
         if not s.logged_on(WORKER):
             links.logon(s, WORKER)
 
@@ -97,8 +117,20 @@ def main(argv: list[str]) -> int:
     env["ZVMSIM_DIR"] = str(root)
     env["PATH"] = f"{root / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
     script = 'mount --bind "$0" /dev/disk/by-path || exit 126; exec "$@"'
-    args = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]
-    os.execvpe("unshare", [*args, str(root / "by-path"), *command], env)
+    args = [
+        "nsenter",
+        f"--net={vswitch.netns_path(root)}",
+        "--",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]
+    os.execvpe("nsenter", [*args, str(root / "by-path"), *command], env)
     return 127  # not reached
 
 

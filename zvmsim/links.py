@@ -63,14 +63,24 @@ def decide(mode: str, others: list[tuple[str, str, str]]) -> tuple[str | None, b
     return "R/W", False  # MW: write whatever others hold
 
 
-def link(s: Session, issuer: str, owner: str, vdev1: str, vdev2: str, mode: str) -> tuple[str, int]:
+def link(
+    s: Session,
+    issuer: str,
+    owner: str,
+    vdev1: str,
+    vdev2: str,
+    mode: str,
+    md: dirmod.Mdisk | None = None,
+) -> tuple[str, int]:
     """Make `vdev2` of `issuer` a link to `owner`'s minidisk `vdev1`. Returns (message, rc);
     a forced R/O link exists although rc is nonzero. Passwords are not checked (the worker
-    has OPTION LNKNOPAS; directory LINKs need none)."""
+    has OPTION LNKNOPAS; directory LINKs need none). `md`: the MDISK statement itself, for
+    a user's own minidisk at logon (it may come from an INCLUDEd profile)."""
     entry = s.directory.user(owner)
     if entry is None:
         return f"HCPLNM053E {owner} not in CP directory", 53
-    md = entry.mdisk(vdev1)
+    if md is None:
+        md = entry.mdisk(vdev1)
     if md is None:
         # unconfirmed text (FACTS §1.5)
         return f"HCPLNM107E {owner} {vdev1} not linked; not in CP directory", 107
@@ -107,7 +117,8 @@ def parse_mode(word: str) -> str | None:
 
 def logon(s: Session, userid: str) -> None:
     """Log `userid` on: its MDISKs and directory LINKs (INCLUDEd profile too), in directory
-    order, become its devices; a LINK that fails is skipped, as CP does at logon."""
+    order, become its devices; a LINK that fails is skipped, as CP does at logon. No guest
+    runs yet: XAUTOLOG then calls guest.started (the worker and `populate` users get none)."""
     entry = s.directory.user(userid)
     assert entry is not None
     s.users[userid] = {"devices": {}, "next_sch": 0}
@@ -117,15 +128,15 @@ def logon(s: Session, userid: str) -> None:
             md = dirmod.parse_mdisk(w)
             if md is not None:
                 mode = "MW" if md.vdisk else (parse_mode(md.mode) or "R")
-                link(s, userid, userid, md.vdev, md.vdev, mode)
+                link(s, userid, userid, md.vdev, md.vdev, mode, md)
         elif w[0] == "LINK":
             ln = dirmod.parse_link(w)
             if ln is not None:
                 owner = userid if ln.owner == "*" else ln.owner
                 link(s, userid, owner, ln.vdev1, ln.vdev2, parse_mode(ln.mode) or "R")
-    guest.started(s, userid)
 
 
-def logoff(s: Session, userid: str) -> None:
-    guest.stopped(s, userid)
+def logoff(s: Session, userid: str, why: str = "") -> None:
+    """The user's guest ends (QEMU killed if it still runs), then its devices go."""
+    guest.stopped(s, userid, why)
     s.drop_user(userid)

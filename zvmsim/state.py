@@ -147,11 +147,15 @@ def empty_state() -> dict[str, Any]:
 
 @contextmanager
 def open_session(root: Path) -> Iterator[Session]:
-    """Hold DIR/lock, load the state, and save what changed when the block ends normally."""
+    """Hold DIR/lock, load the state, and save what changed when the block ends normally.
+    First the reaper logs off users whose guest has ended (guest.reap): no daemon does."""
+    from zvmsim import guest
+
     with open(root / "lock", "a+") as lockf:
         fcntl.flock(lockf.fileno(), fcntl.LOCK_EX)
         try:
             s = Session(root)
+            guest.reap(s)
             yield s
             s.save()
         finally:
