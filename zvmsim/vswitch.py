@@ -9,6 +9,12 @@ Gateway=129.40.179.254, Netmask=255.255.255.0). A booted guest's NIC is a tap de
 command (`scripts/zvmsim DIR -- COMMAND`) runs there too, so it reaches a guest at its
 parm file's HostIP as on z/VM.
 
+The namespace's way out is an uplink (the VSWITCH's OSA): slirp4netns on a tap device
+`uplink` (10.0.2.100, NAT through the host's own sockets, DNS by the host's resolver),
+so the worker reaches package mirrors (install's debootstrap) without any change to the
+host's network. Guests get no route out: the namespace does not forward. Its pid is in
+DIR/uplink.pid; without slirp4netns there is no uplink.
+
 /run/zvmsim/<name> records which DIR a namespace belongs to: when a new one is made, the
 namespaces of DIRs that no longer exist (and that hold no process) are deleted.
 """
@@ -20,7 +26,10 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ NETNS_DIR = Path("/run/netns")
 REGISTRY = Path("/run/zvmsim")
 DEFAULT_VSWITCH = "VSW1"
 DEFAULT_ADDRESS = "129.40.179.254/24"
+UPLINK_PID = "uplink.pid"
 
 
 def netns_name(root: Path) -> str:
@@ -90,7 +100,55 @@ def ensure(root: Path, control: dict[str, Any]) -> str:
         (REGISTRY / ns).write_text(json.dumps({"dir": str(Path(root).resolve())}) + "\n")
         _ip(ns, "link", "set", "lo", "up")
         ensure_bridge(ns, DEFAULT_VSWITCH, gateway(control))
+    ensure_uplink(root, ns)
     return ns
+
+
+def _uplink_pid(root: Path) -> int | None:
+    """The pid of DIR's running slirp4netns, or None."""
+    try:
+        pid = int((root / UPLINK_PID).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"slirp4netns" in cmdline and str(NETNS_DIR).encode() in cmdline else None
+
+
+def ensure_uplink(root: Path, ns: str) -> None:
+    if _uplink_pid(root) is not None or shutil.which("slirp4netns") is None:
+        return
+    _ip(ns, "link", "del", "uplink", check=False)
+    with open(root / "uplink.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                "slirp4netns",
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                "--netns-type=path",
+                str(NETNS_DIR / ns),
+                "uplink",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (root / UPLINK_PID).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 5
+    while _ip(ns, "-4", "addr", "show", "dev", "uplink", check=False).stdout.find("inet ") < 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return  # no uplink: the namespace still works, only without a way out
+        time.sleep(0.05)
+
+
+def stop_uplink(root: Path) -> None:
+    pid = _uplink_pid(root)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(FileNotFoundError):
+        (root / UPLINK_PID).unlink()
 
 
 def ensure_bridge(ns: str, lan: str, address: str | None) -> str:
@@ -131,6 +189,7 @@ def pids(ns: str) -> list[int]:
 
 def delete(root: Path) -> None:
     ns = netns_name(root)
+    stop_uplink(root)
     if (NETNS_DIR / ns).exists():
         subprocess.run(["ip", "netns", "delete", ns], check=False, capture_output=True)
     with contextlib.suppress(FileNotFoundError):
@@ -154,8 +213,26 @@ def collect_garbage() -> None:
         if is_netns(path):
             if pids(entry.name):
                 continue
+            for pid in _uplinks_of(path):  # its DIR, with the pid file, is gone
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             subprocess.run(["ip", "netns", "delete", entry.name], check=False, capture_output=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
+
+
+def _uplinks_of(path: Path) -> list[int]:
+    """The slirp4netns processes serving the namespace at `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:1] and argv[0].endswith(b"slirp4netns") and str(path).encode() in argv:
+            found.append(int(proc.name))
+    return found
