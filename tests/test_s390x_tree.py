@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from sharedroot.errors import InputError
 from sharedroot.guestos import debian, earlybind, foreign, zipl
 from sharedroot.guestos.platform import CCW, VIRTIO, for_arch
-from sharedroot.model.layout import PAPER_LAYOUT
+from sharedroot.model.layout import PAPER_LAYOUT, Layout
 
 
 def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
@@ -88,3 +89,14 @@ def test_binfmt_for_s390x_on_this_machine() -> None:
     said = foreign.ensure_binfmt("s390x")
     assert "qemu-s390x" in said
     assert Path("/proc/sys/fs/binfmt_misc/qemu-s390x").read_text().startswith("enabled")
+
+
+def test_disk_sizes_do_not_change_the_tree() -> None:
+    """A site with bigger minidisks (the emulator's s390x directory) reuses the tree."""
+    bigger = Layout(tuple(replace(d, size=d.size * 2) for d in PAPER_LAYOUT))
+    moved = Layout(
+        tuple(replace(d, mount="/srv") if d.mount == "/opt" else d for d in PAPER_LAYOUT)
+    )
+    key = debian.recipe_key(debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt"))
+    assert debian.recipe_key(debian.recipe_for(CCW, layout=bigger, hostname="s10rwmnt")) == key
+    assert debian.recipe_key(debian.recipe_for(CCW, layout=moved, hostname="s10rwmnt")) != key

@@ -100,10 +100,16 @@ def recipe_for(platform: Platform, *, layout: Layout, hostname: str) -> Recipe:
 
 
 def recipe_key(recipe: Recipe = DEFAULT_RECIPE) -> str:
-    """A short stable hash of the recipe and the build code version."""
-    data = json.dumps(
-        {"build": BUILD_VERSION, "recipe": asdict(recipe)}, sort_keys=True, default=str
-    )
+    """A short stable hash of the recipe and the build code version.
+
+    Disk sizes are left out: they shape the disks, not the tree, and a site with bigger
+    disks reuses the same tree.
+    """
+    fields = asdict(recipe)
+    fields["layout"] = [
+        {k: v for k, v in disk.items() if k != "size"} for disk in fields["layout"]["disks"]
+    ]
+    data = json.dumps({"build": BUILD_VERSION, "recipe": fields}, sort_keys=True, default=str)
     arch = "" if recipe.arch == "amd64" else f"{recipe.arch}-"
     return f"debian-{recipe.suite}-{arch}" + hashlib.sha256(data.encode()).hexdigest()[:12]
 
