@@ -166,3 +166,17 @@ def test_prefix_names_the_guests(home: Path, cli: Callable[..., Ran]) -> None:
     assert cli("init", "--prefix", "D12", "--gold-slots", "3").code == 0
     names = {g["name"] for g in cli("guests", "--json").json()}  # type: ignore[union-attr]
     assert {"D12RWMNT", "D12RWTST", "D12GOLD", "D12GOLD2", "D12GOLD3", "D12ROGLD"} <= names
+
+
+def test_init_leaves_what_a_store_does_not_use(home: Path, cli: Callable[..., Ran]) -> None:
+    """An emulated z/VM's state beside the store ($SHAREDROOT_HOME/zvmsim) stays as it is;
+    a directory a store uses (another store's disks, say) is refused."""
+    (home / "zvmsim").mkdir(parents=True)
+    (home / "zvmsim" / "state.json").write_text("{}")
+    assert cli("init", "--layout", "paper").code == 0
+    assert (home / "zvmsim" / "state.json").read_text() == "{}"
+    other = home.parent / "other"
+    (other / "disks").mkdir(parents=True)
+    ran = cli("init", "--layout", "paper", home_dir=other)
+    assert ran.code == 1 and "not empty (it holds disks)" in ran.err
+    assert [p.name for p in other.iterdir()] == ["disks"]

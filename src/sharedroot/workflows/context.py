@@ -73,6 +73,10 @@ def resolve_home(arg: str | None) -> Path:
     return Path(value).absolute() if value else DEFAULT_HOME
 
 
+# What a store keeps in its home besides site.toml and state.db (and its -wal, -shm).
+STORE_ENTRIES = frozenset({SITE_FILE, "disks", "run", "ssh", "tmp", "work"})
+
+
 class Site:
     """An open store: config, state, backend, and the lock that serialises writers."""
 
@@ -96,8 +100,14 @@ class Site:
         if (home / SITE_FILE).exists():
             raise RefusedError(f"{home}: a site exists already ({SITE_FILE})")
         existed = home.exists()
-        if existed and any(home.iterdir()):
-            raise RefusedError(f"{home}: not empty; choose an empty or new directory")
+        # Entries a store does not use are left alone (e.g. an emulated z/VM's zvmsim/);
+        # any it uses may be another store's, half made or damaged.
+        theirs = sorted(p.name for p in home.iterdir()) if existed else []
+        if any(name in STORE_ENTRIES or name.startswith(STATE_FILE) for name in theirs):
+            raise RefusedError(
+                f"{home}: not empty (it holds {', '.join(theirs)}); choose an empty or new"
+                " directory"
+            )
         home.mkdir(parents=True, exist_ok=True)
         try:
             site = cls(home, config, State(home / STATE_FILE, create=True))
@@ -106,7 +116,8 @@ class Site:
         except BaseException:
             if existed:
                 for child in home.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+                    if child.name not in theirs:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
             else:
                 shutil.rmtree(home, ignore_errors=True)
             raise
