@@ -54,7 +54,7 @@ def start(
 
 def wait_ready(site: Site, ui: UI, guest: str, timeout: float) -> dict[str, object]:
     """Until the agent answers and systemd has finished booting (network configured)."""
-    ui.step(f"waiting until {guest} is ready (guest agent, then the end of its boot)")
+    ui.step(f"waiting until {guest} is ready (it answers, then the end of its boot)")
     deadline = time.monotonic() + timeout
     site.hv.wait_ready(guest, timeout)
     left = max(5.0, deadline - time.monotonic())
