@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
     os.environ["ZVMSIM_DIRECT"] = str(DIRECT)
+    os.environ["ZVMSIM_UPLINK"] = "1"  # a cold install fetches packages
     with tempfile.TemporaryDirectory(prefix="bench-s390x-") as tmp:
         sim, home, local = Path(tmp, "zvm"), Path(tmp, "site"), Path(tmp, "local")
         try:

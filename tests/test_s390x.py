@@ -51,7 +51,7 @@ class Site:
         self.sim, self.home = self.kit.sim, self.kit.home
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, ZVMSIM_DIRECT=str(DIRECT))
+        return dict(os.environ, ZVMSIM_DIRECT=str(DIRECT), ZVMSIM_UPLINK="1")
 
     def run(self, *args: str, ok: bool = True, timeout: float = 1800) -> Ran:
         argv = [str(ZVMSIM), str(self.sim), "--", str(SHAREDROOT), "--home", str(self.home)]

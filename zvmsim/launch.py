@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -130,8 +131,14 @@ def main(argv: list[str]) -> int:
         "-c",
         script,
     ]
-    os.execvpe("nsenter", [*args, str(root / "by-path"), *command], env)
-    return 127  # not reached
+    argv = [*args, str(root / "by-path"), *command]
+    if os.environ.get("ZVMSIM_UPLINK") != "1":
+        os.execvpe("nsenter", argv, env)
+    uplink = vswitch.start_uplink(root)
+    try:
+        return subprocess.run(argv, env=env, check=False).returncode
+    finally:
+        vswitch.stop_uplink(uplink)
 
 
 if __name__ == "__main__":

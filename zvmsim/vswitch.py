@@ -9,11 +9,11 @@ Gateway=129.40.179.254, Netmask=255.255.255.0). A booted guest's NIC is a tap de
 command (`scripts/zvmsim DIR -- COMMAND`) runs there too, so it reaches a guest at its
 parm file's HostIP as on z/VM.
 
-The namespace's way out is an uplink (the VSWITCH's OSA): slirp4netns on a tap device
-`uplink` (10.0.2.100, NAT through the host's own sockets, DNS by the host's resolver),
-so the worker reaches package mirrors (install's debootstrap) without any change to the
-host's network. Guests get no route out: the namespace does not forward. Its pid is in
-DIR/uplink.pid; without slirp4netns there is no uplink.
+With ZVMSIM_UPLINK=1 a worker command gets a way out, the VSWITCH's uplink: slirp4netns
+on a tap of its own (10.0.2.100, NAT through the host's own sockets, DNS by the host's
+resolver), so the worker reaches package mirrors (install's debootstrap) without any
+change to the host's network. It lives exactly as long as the command. Guests get no
+route out: the namespace does not forward.
 
 /run/zvmsim/<name> records which DIR a namespace belongs to: when a new one is made, the
 namespaces of DIRs that no longer exist (and that hold no process) are deleted.
@@ -27,9 +27,10 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ NETNS_DIR = Path("/run/netns")
 REGISTRY = Path("/run/zvmsim")
 DEFAULT_VSWITCH = "VSW1"
 DEFAULT_ADDRESS = "129.40.179.254/24"
-UPLINK_PID = "uplink.pid"
 
 
 def netns_name(root: Path) -> str:
@@ -100,55 +100,57 @@ def ensure(root: Path, control: dict[str, Any]) -> str:
         (REGISTRY / ns).write_text(json.dumps({"dir": str(Path(root).resolve())}) + "\n")
         _ip(ns, "link", "set", "lo", "up")
         ensure_bridge(ns, DEFAULT_VSWITCH, gateway(control))
-    ensure_uplink(root, ns)
     return ns
 
 
-def _uplink_pid(root: Path) -> int | None:
-    """The pid of DIR's running slirp4netns, or None."""
-    try:
-        pid = int((root / UPLINK_PID).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+@dataclass(frozen=True)
+class Uplink:
+    proc: subprocess.Popen[bytes]
+    exit_fd: int  # slirp4netns exits when this end of its pipe closes
+
+
+def start_uplink(root: Path) -> Uplink | None:
+    """slirp4netns on a tap of its own in DIR's namespace, for one worker command: it ends
+    with the command (stop_uplink), or when the launcher dies (its exit fd closes)."""
+    if shutil.which("slirp4netns") is None:
+        sys.stderr.write("zvmsim: no slirp4netns: the VSWITCH has no uplink\n")
         return None
-    return pid if b"slirp4netns" in cmdline and str(NETNS_DIR).encode() in cmdline else None
-
-
-def ensure_uplink(root: Path, ns: str) -> None:
-    if _uplink_pid(root) is not None or shutil.which("slirp4netns") is None:
-        return
-    _ip(ns, "link", "del", "uplink", check=False)
+    ns = netns_name(root)
+    tap = f"uplink{os.getpid() % 100000}"
+    keep, give = os.pipe()
+    os.set_inheritable(keep, False)
     with open(root / "uplink.log", "ab") as log:
         proc = subprocess.Popen(
-            [
-                "slirp4netns",
-                "--configure",
-                "--mtu=65520",
-                "--disable-host-loopback",
-                "--netns-type=path",
-                str(NETNS_DIR / ns),
-                "uplink",
-            ],
+            ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+             f"--exit-fd={give}", "--netns-type=path", str(NETNS_DIR / ns), tap],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (root / UPLINK_PID).write_text(f"{proc.pid}\n")
+            pass_fds=(give,),
+        )  # fmt: skip
+    os.close(give)
+    uplink = Uplink(proc, keep)
     deadline = time.monotonic() + 5
-    while _ip(ns, "-4", "addr", "show", "dev", "uplink", check=False).stdout.find("inet ") < 0:
+    while "inet " not in _ip(ns, "-4", "addr", "show", "dev", tap, check=False).stdout:
         if proc.poll() is not None or time.monotonic() > deadline:
-            return  # no uplink: the namespace still works, only without a way out
+            sys.stderr.write("zvmsim: the VSWITCH's uplink did not come up (DIR/uplink.log)\n")
+            stop_uplink(uplink)
+            return None
         time.sleep(0.05)
+    return uplink
 
 
-def stop_uplink(root: Path) -> None:
-    pid = _uplink_pid(root)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(FileNotFoundError):
-        (root / UPLINK_PID).unlink()
+def stop_uplink(uplink: Uplink | None) -> None:
+    if uplink is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(uplink.exit_fd)
+    uplink.proc.terminate()
+    try:
+        uplink.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        uplink.proc.kill()
+        uplink.proc.wait()
 
 
 def ensure_bridge(ns: str, lan: str, address: str | None) -> str:
@@ -189,7 +191,6 @@ def pids(ns: str) -> list[int]:
 
 def delete(root: Path) -> None:
     ns = netns_name(root)
-    stop_uplink(root)
     if (NETNS_DIR / ns).exists():
         subprocess.run(["ip", "netns", "delete", ns], check=False, capture_output=True)
     with contextlib.suppress(FileNotFoundError):
@@ -213,26 +214,8 @@ def collect_garbage() -> None:
         if is_netns(path):
             if pids(entry.name):
                 continue
-            for pid in _uplinks_of(path):  # its DIR, with the pid file, is gone
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
             subprocess.run(["ip", "netns", "delete", entry.name], check=False, capture_output=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
-
-
-def _uplinks_of(path: Path) -> list[int]:
-    """The slirp4netns processes serving the namespace at `path`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[:1] and argv[0].endswith(b"slirp4netns") and str(path).encode() in argv:
-            found.append(int(proc.name))
-    return found
