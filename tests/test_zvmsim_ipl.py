@@ -97,8 +97,9 @@ def stand_in(root: Path) -> subprocess.Popen[bytes]:
     """A process standing in for a guest's QEMU (a copy of sleep named like QEMU, under
     DIR/guests, so cleanup's search for stray guests finds it too)."""
     exe = root / "guests" / "bin" / ipl.QEMU
-    exe.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
+    if not exe.exists():  # a second stand-in reuses it: a running one cannot be rewritten
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
     return subprocess.Popen(
         ["nsenter", f"--net={vswitch.netns_path(root)}", "--", str(exe), "300"],
         start_new_session=True,
