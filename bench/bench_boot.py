@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sharedroot.hypervisor import cache_dir, ipl, qemu
+from sharedroot.hypervisor import cache_dir, ipl
+from sharedroot.hypervisor.qemu import process
+from sharedroot.hypervisor.qemu.accel import probe_accel
 from sharedroot.workflows.context import Site
 
 SHAREDROOT = str(Path(sys.executable).parent / "sharedroot")
@@ -63,7 +65,7 @@ def boot_minimal(home: Path, guest: str, accel: str, work: Path) -> float:
     argv = ["qemu-system-x86_64", "-accel", accel, "-m", "512", "-display", "none",
             "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-serial", f"file:{work / 'minimal.log'}"]  # fmt: skip
-    vdisks = [qemu.make_vdisk(work / f"{a}.swap", 64 << 20) for a in ("01B2", "01B3")]
+    vdisks = [process.make_vdisk(work / f"{a}.swap", 64 << 20) for a in ("01B2", "01B3")]
     for path in [*disks, *vdisks]:
         addr = path.stem
         argv += ["-drive", f"if=none,id=d{addr},file={path},format=raw",
@@ -96,7 +98,7 @@ def main() -> None:
         sr(home, "mnt2gold", "--yes")
         sr(home, "define", "LNX226", "--rw", "--hostname", "lnx226", "--ip", "10.0.2.26")
         sr(home, "clonerw", "LNX226", "--yes")
-        accel = qemu.probe_accel(cache_dir())
+        accel = probe_accel(cache_dir())
         print(f"acceleration found by the probe: {accel}; {args.runs} runs each, medians")
         ours = [boot_sharedroot(home, "LNX226") for _ in range(args.runs)]
         mini = [boot_minimal(home, "LNX226", accel, Path(tmp)) for _ in range(args.runs)]

@@ -46,8 +46,9 @@ from pathlib import Path
 from types import FrameType
 
 from sharedroot.cli.ui import TerminalUI
-from sharedroot.hypervisor import cache_dir, qemu
+from sharedroot.hypervisor import cache_dir
 from sharedroot.hypervisor.copyengine import Method, Progress, copy_image
+from sharedroot.hypervisor.qemu.accel import probe_accel
 from sharedroot.model.layout import gold_ro_address
 from sharedroot.model.parm import Identity
 from sharedroot.model.types import GuestState, Role
@@ -488,7 +489,7 @@ def run_site(
 
 def boot_section(site: Site, home: Path, runs: int) -> None:
     ro, rw = "LNX0001", "LNW0001"
-    accel = qemu.probe_accel(cache_dir())
+    accel = probe_accel(cache_dir())
     gen = site.state.current_slot()
     print(
         f"  -- boot to ready: `sharedroot start GUEST --wait` wall time, {ro} (read-only, "

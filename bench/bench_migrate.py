@@ -43,7 +43,9 @@ from pathlib import Path
 from types import FrameType
 
 from sharedroot.cli.ui import TerminalUI
-from sharedroot.hypervisor import cache_dir, qemu
+from sharedroot.hypervisor import cache_dir
+from sharedroot.hypervisor.qemu import process
+from sharedroot.hypervisor.qemu.accel import probe_accel
 from sharedroot.model.types import GuestState
 from sharedroot.workflows.context import Site
 from sharedroot.workflows.guest import wait_ready
@@ -141,7 +143,7 @@ def stop_all(home: Path, guests: list[str]) -> None:
         try:
             sr(home, "stop", g, "--timeout", "60")
         except Exception:
-            pid = qemu.read_pid(home / "run" / g)
+            pid = process.read_pid(home / "run" / g)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -167,7 +169,7 @@ def bench(n: int, reboots: int) -> None:
         guests = clone_names(n)
         try:
             print(f"setup ({n} clones x {GUEST_MIB} MiB, {cores} cores, "
-                  f"accel {qemu.probe_accel(cache_dir())})")  # fmt: skip
+                  f"accel {probe_accel(cache_dir())})")  # fmt: skip
             setup(home, n)
             boot_all(home, guests)
 

@@ -18,6 +18,7 @@ from sharedroot.errors import InputError
 from sharedroot.guestos import findself as fs
 from sharedroot.guestos import network
 from sharedroot.model.parm import Identity, format_parm
+from sharedroot.model.types import DeviceBus
 from sharedroot.run import have, run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -345,14 +346,30 @@ def test_runs_with_the_guest_python_alone(tree: Path, admin: Path) -> None:
     assert "rich" not in loaded.stdout
 
 
+def test_guest_name_from_sysinfo_without_smbios(tmp_path: Path) -> None:
+    # an s390x guest of the local backend: QEMU's -name shows in /proc/sysinfo
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/sysinfo").write_text("Manufacturer: QEMU\nVM00 Name:           LNX227\n")
+    assert fs.read_guest_name(tmp_path) == "LNX227"
+    (tmp_path / "proc/sysinfo").write_text("VM00 Name:           ../x\n")
+    with pytest.raises(InputError):
+        fs.read_guest_name(tmp_path)
+    serial = tmp_path / fs.SERIAL_FILE  # SMBIOS, where there is one, comes first
+    serial.parent.mkdir(parents=True)
+    serial.write_text("LNX242\n")
+    assert fs.read_guest_name(tmp_path) == "LNX242"
+
+
 def test_unit_text(tmp_path: Path) -> None:
-    text = fs.unit_text("/usr/local/lib/sharedroot-py")
+    text = fs.unit_text("/usr/local/lib/sharedroot-py", DeviceBus.VIRTIO)
     assert "Environment=PYTHONPATH=/usr/local/lib/sharedroot-py\n" in text
     assert "DefaultDependencies=no" in text and "WantedBy=sysinit.target" in text
+    # the backend's platform, not the machine's: local s390x guests have an ext admin disk
+    assert "ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself --platform virtio\n" in text
     for unit in ("systemd-networkd.service", "ssh.service", "network-pre.target", "sysinit.target"):
         assert re.search(rf"^Before=.*\b{re.escape(unit)}", text, re.M)
     with pytest.raises(InputError):
-        fs.unit_text("/x\nExecStart=/bin/sh")
+        fs.unit_text("/x\nExecStart=/bin/sh", DeviceBus.VIRTIO)
     if not have("systemd-analyze"):
         pytest.skip("no systemd-analyze")
     unit_file = tmp_path / fs.UNIT_NAME

@@ -686,11 +686,11 @@ def test_cmsfs_and_unmount_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_unit_waits_for_udev_and_fuse() -> None:
-    text = fs.unit_text("/usr/local/lib/sharedroot-py")
+    text = fs.unit_text("/usr/local/lib/sharedroot-py", DeviceBus.CCW)
     assert re.search(r"^After=.*\bsystemd-udevd\.service\b", text, re.M)
     assert re.search(r"^After=.*\bmodprobe@fuse\.service\b", text, re.M)
     assert re.search(r"^Wants=.*\bmodprobe@fuse\.service\b", text, re.M)
-    assert "ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself\n" in text
+    assert "ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself --platform ccw\n" in text
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sharedroot.errors import OperationError
 from sharedroot.guestos import debian, fstab, vmlinux
-from sharedroot.hypervisor import ipl, qemu
+from sharedroot.hypervisor import ipl
+from sharedroot.hypervisor.qemu import accel, cmdline, control, process
 from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout
 from sharedroot.model.types import Access, DiskKind
 from sharedroot.run import run
@@ -27,7 +29,7 @@ from sharedroot.run import run
 M = 1 << 20
 CACHE = Path(os.environ.get("SHAREDROOT_CACHE", "/var/cache/sharedroot"))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (debootstrap, chroot)")
-needs_qemu = pytest.mark.skipif(shutil.which(qemu.QEMU) is None, reason="no qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(shutil.which(accel.QEMU) is None, reason="no qemu-system-x86_64")
 
 SMALL = Layout(
     (
@@ -165,10 +167,18 @@ def test_boot_config_read_from_the_image_without_mounting(tmp_path: Path) -> Non
         "initrd.img-6.1",
         "root=/dev/x ro quiet",
     )
-    kernel, initrd, cmdline = ipl.extract_boot_files(image, tmp_path / "out")
+    kernel, initrd, conf = ipl.extract_boot_files(image, tmp_path / "out")
     assert kernel.read_bytes() == b"\x7fELF kernel"
     assert initrd.read_bytes() == b"initrd"
-    assert cmdline == "root=/dev/x ro quiet"
+    assert (conf.cmdline, conf.arch) == ("root=/dev/x ro quiet", "amd64")
+    # the kernel's architecture: absent in files written before it was recorded
+    text = ipl.render_boot_config("vmlinuz-6.1", "initrd.img-6.1", "ro", "s390x")
+    assert ipl.parse_boot_config(text).arch == "s390x"
+    assert ipl.parse_boot_config("kernel=k\ninitrd=i\ncmdline=ro\n").arch == "amd64"
+    with pytest.raises(OperationError, match="unknown architecture"):
+        ipl.parse_boot_config("kernel=k\ninitrd=i\ncmdline=ro\narch=s390x,x\n")
+    with pytest.raises(OperationError, match="unknown architecture"):
+        ipl.render_boot_config("k", "i", "ro", "ppc64el")
 
 
 def test_boot_config_missing_is_an_error(tmp_path: Path) -> None:
@@ -193,8 +203,8 @@ def test_recipe_key_changes_with_the_recipe() -> None:
     assert a != b and a == debian.recipe_key(debian.Recipe())
 
 
-def spec_for(run_dir: Path, drives: tuple[qemu.Drive, ...], kernel: Path) -> qemu.GuestSpec:
-    return qemu.GuestSpec(
+def spec_for(run_dir: Path, drives: tuple[cmdline.Drive, ...], kernel: Path) -> cmdline.GuestSpec:
+    return cmdline.GuestSpec(
         name="LNX227",
         kernel=kernel,
         initrd=kernel,
@@ -207,10 +217,10 @@ def spec_for(run_dir: Path, drives: tuple[qemu.Drive, ...], kernel: Path) -> qem
 
 def test_qemu_argv(tmp_path: Path) -> None:
     drives = (
-        qemu.Drive(tmp_path / "01B0.img", "01B0", readonly=True),
-        qemu.Drive(tmp_path / "a,b/01B5.img", "01B5"),
+        cmdline.Drive(tmp_path / "01B0.img", "01B0", readonly=True),
+        cmdline.Drive(tmp_path / "a,b/01B5.img", "01B5"),
     )
-    argv = qemu.qemu_argv(spec_for(tmp_path / "run", drives, tmp_path / "k"))
+    argv = cmdline.qemu_argv(spec_for(tmp_path / "run", drives, tmp_path / "k"))
     text = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert f"file={tmp_path}/01B0.img,format=raw,readonly=on" in text
@@ -227,17 +237,48 @@ def test_qemu_argv(tmp_path: Path) -> None:
     assert "user,id=net0" in argv
 
 
+def test_qemu_argv_s390x(tmp_path: Path) -> None:
+    # s390x (KVM on IBM Z, or TCG): ccw devices at the paper's device numbers, the guest
+    # name through -name (/proc/sysinfo), no SMBIOS
+    drives = (cmdline.Drive(tmp_path / "01B1.img", "01B1", readonly=True),)
+    spec = replace(spec_for(tmp_path / "run", drives, tmp_path / "k"), arch="s390x")
+    argv = cmdline.qemu_argv(spec)
+    text = " ".join(argv)
+    assert argv[0] == "qemu-system-s390x"
+    assert argv[argv.index("-machine") + 1] == "s390-ccw-virtio"
+    assert "virtio-blk-ccw,drive=d01B1,serial=01B1,devno=fe.0.01b1" in text
+    assert "virtio-serial-ccw,id=vser" in argv and "virtio-rng-ccw" in argv
+    assert "-smbios" not in argv and "guest=LNX227,process=sharedroot-LNX227" in argv
+    assert any(a.startswith("virtio-net-ccw,netdev=net0") for a in argv)
+    assert "pci" not in text
+    with pytest.raises(OperationError, match="no QEMU machine"):
+        cmdline.qemu_argv(replace(spec, arch="ppc64el"))
+    # another architecture than the host's never runs under KVM
+    assert accel.probe_accel(None, arch="s390x") == "tcg"
+
+
+def test_probe_kernel_is_x86(tmp_path: Path) -> None:
+    elf = tmp_path / "vmlinux"
+    elf.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + b"\x3e\x00" + bytes(64))
+    s390 = tmp_path / "vmlinuz-s390x"
+    s390.write_bytes(b"\x7fELF\x02\x02\x01" + bytes(11) + b"\x00\x16" + bytes(64))
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(bytes(0x202) + b"HdrS" + bytes(16))
+    assert accel.is_x86_kernel(elf) and accel.is_x86_kernel(bz)
+    assert not accel.is_x86_kernel(s390) and not accel.is_x86_kernel(tmp_path / "none")
+
+
 @needs_qemu
 def test_launch_failure_reports_qemu_stderr(tmp_path: Path) -> None:
     image = tmp_path / "01B1.img"
     image.write_bytes(bytes(M))
-    spec = spec_for(tmp_path / "run", (qemu.Drive(image, "01B1"),), tmp_path / "no-kernel")
+    spec = spec_for(tmp_path / "run", (cmdline.Drive(image, "01B1"),), tmp_path / "no-kernel")
     with pytest.raises(OperationError, match=r"(?s)exited at once.*no-kernel"):
-        qemu.launch(spec)
+        process.launch(spec)
 
 
 def test_make_vdisk(tmp_path: Path) -> None:
-    path = qemu.make_vdisk(tmp_path / "01B2.swap", 4 * M)
+    path = process.make_vdisk(tmp_path / "01B2.swap", 4 * M)
     assert path.stat().st_size == 4 * M
     assert path.stat().st_blocks * 512 < 4 * M  # sparse
     assert run(["blkid", "-o", "value", "-s", "TYPE", path]).stdout.strip() == "swap"
@@ -257,7 +298,9 @@ def golden_tree() -> Path:
 
 
 @pytest.fixture
-def guest_disks(golden_tree: Path, tmp_path: Path) -> Iterator[tuple[Path, tuple[qemu.Drive, ...]]]:
+def guest_disks(
+    golden_tree: Path, tmp_path: Path
+) -> Iterator[tuple[Path, tuple[cmdline.Drive, ...]]]:
     """The paper layout for one guest, all read-write, plus two fresh VDISKs."""
     disks = tmp_path / "disks"
     images = {d.address: disks / f"{d.address}.img" for d in PAPER_LAYOUT.copied}
@@ -268,9 +311,11 @@ def guest_disks(golden_tree: Path, tmp_path: Path) -> Iterator[tuple[Path, tuple
         if d.kind is DiskKind.VDISK:
             path = Path(f"/dev/shm/sharedroot-test-{os.getpid()}-{d.address}.swap")
             shm.append(path)
-            drives.append(qemu.Drive(qemu.make_vdisk(path, d.size), d.address, ephemeral=True))
+            drives.append(
+                cmdline.Drive(process.make_vdisk(path, d.size), d.address, ephemeral=True)
+            )
         else:
-            drives.append(qemu.Drive(images[d.address], d.address))
+            drives.append(cmdline.Drive(images[d.address], d.address))
     yield disks, tuple(drives)
     for path in shm:
         path.unlink(missing_ok=True)
@@ -291,34 +336,34 @@ def lock_held(path: Path) -> bool:
 @needs_root
 @needs_qemu
 def test_guest_boots_answers_and_powers_off(
-    guest_disks: tuple[Path, tuple[qemu.Drive, ...]], tmp_path: Path
+    guest_disks: tuple[Path, tuple[cmdline.Drive, ...]], tmp_path: Path
 ) -> None:
     disks, drives = guest_disks
-    kernel, initrd, cmdline = ipl.extract_boot_files(disks / "01B0.img", tmp_path / "boot")
+    kernel, initrd, conf = ipl.extract_boot_files(disks / "01B0.img", tmp_path / "boot")
     assert kernel.name.startswith(("vmlinux-", "vmlinuz-"))
-    spec = qemu.GuestSpec(
+    spec = cmdline.GuestSpec(
         name="S10RWMNT",
         kernel=kernel,
         initrd=initrd,
-        cmdline=cmdline,
+        cmdline=conf.cmdline,
         drives=drives,
         run_dir=tmp_path / "run",
-        accel=qemu.probe_accel(CACHE),
+        accel=accel.probe_accel(CACHE),
     )
     lock_path = tmp_path / "S10RWMNT.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        pid = qemu.launch(spec, lock_fd=fd)
+        pid = process.launch(spec, lock_fd=fd)
     finally:
         os.close(fd)  # from here on only QEMU holds the lock
     try:
         assert lock_held(lock_path)
         assert not any(d.path.exists() for d in drives if d.ephemeral)  # RAM freed on exit
-        qemu.wait_ready(spec.run_dir, timeout=300)
+        process.wait_ready(spec.run_dir, timeout=300)
 
         def sh(*argv: str) -> str:
-            code, out, err = qemu.agent_exec(spec.run_dir, list(argv))
+            code, out, err = control.agent_exec(spec.run_dir, list(argv))
             assert code == 0, (argv, err)
             return out.decode().strip()
 
@@ -333,17 +378,17 @@ def test_guest_boots_answers_and_powers_off(
         assert sorted(round(int(s.split()[1]) / M) for s in swaps) == [64, 64, 128]
         # Units may still be starting right after the agent answers; wait for the end.
         deadline = time.monotonic() + 120
-        while qemu.agent_exec(spec.run_dir, ["systemctl", "is-system-running"])[1].strip() in (
+        while control.agent_exec(spec.run_dir, ["systemctl", "is-system-running"])[1].strip() in (
             b"starting",
             b"initializing",
         ):
             assert time.monotonic() < deadline
             time.sleep(1)
         assert sh("systemctl", "--failed", "--no-legend") == ""
-        code, _, _ = qemu.agent_exec(spec.run_dir, ["sh", "-c", "exit 7"])
+        code, _, _ = control.agent_exec(spec.run_dir, ["sh", "-c", "exit 7"])
         assert code == 7
     finally:
-        result = qemu.shutdown(spec.run_dir, pid, timeout=90)
+        result = process.shutdown(spec.run_dir, pid, timeout=90)
     assert result == "clean"
-    assert not qemu.pid_alive(pid)
+    assert not process.pid_alive(pid)
     assert not lock_held(lock_path)

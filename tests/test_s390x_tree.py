@@ -10,23 +10,33 @@ import pytest
 
 from sharedroot.errors import InputError
 from sharedroot.guestos import debian, earlybind, foreign, zipl
-from sharedroot.guestos.platform import CCW, VIRTIO, for_arch
+from sharedroot.guestos.platform import CCW, VIRTIO, VIRTIO_S390X, find
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
+from sharedroot.model.types import DeviceBus
 
 
 def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
     amd = debian.recipe_for(VIRTIO, layout=PAPER_LAYOUT, hostname="s10rwmnt")
     s390 = debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    local = debian.recipe_for(VIRTIO_S390X, layout=PAPER_LAYOUT, hostname="s10rwmnt")
     assert amd == debian.Recipe(layout=PAPER_LAYOUT, hostname="s10rwmnt")
     assert s390.arch == "s390x" and s390.kernel_package == "linux-image-s390x"
     assert "s390-tools" in s390.packages and "qemu-guest-agent" not in s390.packages
     assert {"virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4"} <= set(s390.initramfs_modules)
     assert "vmpoff=LOGOFF" in s390.cmdline_extra.split()
+    # the local backend's s390x guests: the guest agent instead of SSH, disks by serial
+    assert local.platform is VIRTIO_S390X and s390.platform is CCW and amd.platform is VIRTIO
+    assert "qemu-guest-agent" in local.packages and "s390-tools" in local.packages
+    assert "vmpoff=LOGOFF" not in local.cmdline_extra.split()
     key = debian.recipe_key(s390)
     assert key.startswith("debian-bookworm-s390x-") and key != debian.recipe_key(amd)
-    assert for_arch("s390x") is CCW and for_arch("amd64") is VIRTIO
+    assert len({key, debian.recipe_key(local), debian.recipe_key(amd)}) == 3
+    assert find(DeviceBus.CCW) is CCW and find(DeviceBus.CCW, "s390x") is CCW
+    assert find(DeviceBus.VIRTIO) is VIRTIO and find(DeviceBus.VIRTIO, "s390x") is VIRTIO_S390X
     with pytest.raises(InputError, match="ppc64el"):
-        for_arch("ppc64el")
+        find(DeviceBus.VIRTIO, "ppc64el")
+    with pytest.raises(InputError, match="ccw disks run s390x only"):
+        find(DeviceBus.CCW, "amd64")
 
 
 def test_dasd_parameter_in_the_papers_form() -> None:

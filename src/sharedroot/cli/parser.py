@@ -330,8 +330,8 @@ def build_parser() -> ArgumentParser:
         "--arch",
         choices=["amd64", "s390x"],
         help="the guests' architecture (default: the backend's: amd64 on local, s390x on"
-        " zvm; s390x is built on another machine through qemu-user-static, the first time"
-        " in about 15 minutes)",
+        " zvm; local runs s390x guests with qemu-system-s390x too; s390x is built on another"
+        " machine through qemu-user-static, the first time in about 7 to 15 minutes)",
     )
     p.add_argument(
         "--tree",

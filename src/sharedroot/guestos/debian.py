@@ -23,12 +23,12 @@ from sharedroot.errors import OperationError
 from sharedroot.guestos import earlybind, foreign, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.fstab import write_fstab
-from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, for_arch
+from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, find
 from sharedroot.guestos.vmlinux import extract_vmlinux
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
 from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
-from sharedroot.model.types import DiskKind
+from sharedroot.model.types import DeviceBus, DiskKind
 from sharedroot.run import run
 
 # Bump when the build code changes what the tree holds, so caches are rebuilt.
@@ -43,6 +43,7 @@ class Recipe:
 
     suite: str = "bookworm"
     arch: str = "amd64"  # Debian architecture; another than the worker's builds through QEMU
+    bus: DeviceBus = DeviceBus.VIRTIO  # how the guests' disks are named (fstab, root=)
     variant: str = "minbase"
     # Installed by debootstrap itself (resolved with its simple resolver).
     base_packages: tuple[str, ...] = ("systemd-sysv", "udev", "kmod", "iproute2")
@@ -69,33 +70,37 @@ class Recipe:
     layout: Layout = PAPER_LAYOUT
     cmdline_extra: str = "console=ttyS0 quiet"
 
+    @property
+    def platform(self) -> Platform:
+        return find(self.bus, self.arch)
+
 
 DEFAULT_RECIPE = Recipe()
 
 # s390x (the paper's Linux on IBM Z): s390-tools (zipl, chccwdev, cmsfs-fuse, chzdev,
-# vmcp) instead of the QEMU guest agent (commands reach z/VM guests over SSH), and an
-# initramfs that finds virtio-ccw disks as well as real ECKD and FBA DASD.
-S390X_PACKAGES = (
-    *(p for p in DEFAULT_RECIPE.packages if p != "qemu-guest-agent"),
-    "s390-tools",
-    "fuse3",
-)
+# vmcp), and an initramfs that finds virtio-ccw disks as well as real ECKD and FBA DASD.
+# On z/VM commands reach guests over SSH, so the QEMU guest agent is left out there.
+S390X_PACKAGES = (*DEFAULT_RECIPE.packages, "s390-tools", "fuse3")
 S390X_MODULES = ("virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4", "crc32c_generic")
 
 
 def recipe_for(platform: Platform, *, layout: Layout, hostname: str) -> Recipe:
     """The recipe of a platform's golden tree."""
-    recipe = Recipe(layout=layout, hostname=hostname)
-    if platform.arch == "s390x":
+    recipe = Recipe(layout=layout, hostname=hostname, bus=platform.bus)
+    if platform.arch != "s390x":
+        return recipe
+    recipe = replace(
+        recipe,
+        arch="s390x",
+        packages=S390X_PACKAGES,
+        kernel_package=platform.kernel_package,
+        initramfs_modules=S390X_MODULES,
+        cmdline_extra="quiet",
+    )
+    if platform.boot_loader is BootLoader.ZIPL:
         # vmpoff=LOGOFF: a shutdown logs the z/VM user off (the paper's zipl.conf).
-        return replace(
-            recipe,
-            arch="s390x",
-            packages=S390X_PACKAGES,
-            kernel_package=platform.kernel_package,
-            initramfs_modules=S390X_MODULES,
-            cmdline_extra="vmpoff=LOGOFF quiet",
-        )
+        packages = tuple(p for p in S390X_PACKAGES if p != "qemu-guest-agent")
+        return replace(recipe, packages=packages, cmdline_extra="vmpoff=LOGOFF quiet")
     return recipe
 
 
@@ -240,7 +245,7 @@ def _preconfigure(root: Path, recipe: Recipe) -> None:
         "RESUME=none\n"
     )
     (conf / "modules").write_text("\n".join(recipe.initramfs_modules) + "\n")
-    write_fstab(root, recipe.layout, platform=for_arch(recipe.arch))
+    write_fstab(root, recipe.layout, platform=recipe.platform)
     earlybind.write_scripts(root)  # idle until a read-only root's boot config switches it on
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/hosts").write_text(
@@ -311,7 +316,7 @@ def _finish_boot(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None
     On x86_64 the kernel is the uncompressed vmlinux (QEMU's PVH entry boots it faster
     under TCG); an s390x kernel image boots as it is.
     """
-    platform = for_arch(recipe.arch)
+    platform = recipe.platform
     boot = root / "boot"
     kernels = sorted(boot.glob("vmlinuz-*"))
     if not kernels:
@@ -339,7 +344,7 @@ def _finish_boot(root: Path, recipe: Recipe, log: Callable[[str], None]) -> None
             vmlinux.write_bytes(data)
             kernel_name = vmlinux.name
             log(f"extracted {vmlinux.name} ({len(data) >> 20} MiB, boots faster under TCG)")
-    write_boot_config(root, kernel_name, initrd.name, " ".join(words))
+    write_boot_config(root, kernel_name, initrd.name, " ".join(words), arch=recipe.arch)
 
 
 def _unmount_below(path: Path) -> None:
@@ -354,10 +359,12 @@ def _unmount_below(path: Path) -> None:
 # ---------------------------------------------------------------- fstab and boot config
 
 
-def write_boot_config(root_dir: Path, kernel: str, initrd: str, cmdline: str) -> Path:
+def write_boot_config(
+    root_dir: Path, kernel: str, initrd: str, cmdline: str, *, arch: str = "amd64"
+) -> Path:
     """Write root_dir/boot/sharedroot.conf (kernel and initrd relative to /boot)."""
     path = root_dir / "boot" / BOOT_CONFIG_NAME
-    _replace(path, render_boot_config(kernel, initrd, cmdline))
+    _replace(path, render_boot_config(kernel, initrd, cmdline, arch))
     return path
 
 

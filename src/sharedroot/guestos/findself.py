@@ -8,9 +8,10 @@ differs from what it last applied (recorded in /etc/sharedroot/identity).  A gue
 is a new clone (another guest's record, or none) also gets its own machine-id and SSH
 host keys.
 
-Two platforms (`--platform`, by default from the machine):
-- virtio (x86 under QEMU): the user ID is the SMBIOS serial, the admin disk the virtio
-  disk with serial 0191, an ext filesystem.
+Two platforms (`--platform`, the unit names its backend's; by default from the machine):
+- virtio (the local backend's QEMU): the user ID is the SMBIOS serial (x86_64) or the
+  QEMU guest name in /proc/sysinfo (s390x), the admin disk the virtio disk with serial
+  0191, an ext filesystem.
 - ccw (s390x under z/VM or the CP emulator): the paper's way, in zvmguest: the user ID
   from `vmcp q userid` or /proc/sysinfo, the 0191 CMS disk read with cmsfs-fuse, the
   parm file's OSA card grouped with chzdev.
@@ -77,7 +78,7 @@ def machine_platform() -> DeviceBus:
     return DeviceBus.CCW if os.uname().machine == "s390x" else DeviceBus.VIRTIO
 
 
-def unit_text(pythonpath: str) -> str:
+def unit_text(pythonpath: str, platform: DeviceBus) -> str:
     """The systemd unit that runs findself early at every boot.
 
     Ordering: after local-fs.target (on read-only clones /etc is already /local/etc,
@@ -91,8 +92,8 @@ def unit_text(pythonpath: str) -> str:
     On s390x findself brings the 0191 disk (and the OSA card) online itself and waits
     for udev's by-path link, so it needs udevd running (after systemd-udevd.service and
     the coldplug trigger), and cmsfs-fuse needs /dev/fuse (modprobe@fuse.service; the
-    code loads the module too when it is missing).  The platform is found at run time,
-    so one unit serves both.
+    code loads the module too when it is missing).  The platform is the backend's, not
+    the machine's: an s390x guest of the local backend has an ext admin disk, as x86.
     """
     if not re.fullmatch(r"/[A-Za-z0-9._/:+-]*", pythonpath):
         raise InputError(f"PYTHONPATH {pythonpath!r}: must be absolute paths of plain characters")
@@ -115,7 +116,7 @@ RemainAfterExit=yes
 Environment=PYTHONPATH={pythonpath}
 # The root may be read-only: no __pycache__ writes.
 Environment=PYTHONDONTWRITEBYTECODE=1
-ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself
+ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself --platform {DeviceBus(platform)}
 StandardOutput=journal+console
 TimeoutStartSec=90
 
@@ -128,8 +129,11 @@ WantedBy=sysinit.target
 
 
 def read_guest_name(root: Path) -> str:
-    """This guest's z/VM-style user ID, as QEMU gives it (-smbios type=1,serial=GUEST)."""
+    """This guest's z/VM-style user ID, as QEMU gives it: -smbios type=1,serial=GUEST,
+    or on s390x (no SMBIOS) -name GUEST, which /proc/sysinfo shows as `VM00 Name:`."""
     path = root / SERIAL_FILE
+    if not path.exists() and (root / zvmguest.SYSINFO).exists():
+        return zvmguest.read_sysinfo_name(root / zvmguest.SYSINFO, f"/{zvmguest.SYSINFO}")
     try:
         raw = path.read_text(errors="replace")
     except OSError as exc:
@@ -481,11 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--platform",
         choices=[b.value for b in DeviceBus],
-        help="virtio: SMBIOS serial and an ext admin disk; ccw: z/VM user ID, CMS disk 0191"
-        " and OSA card (default: ccw on s390x, else virtio)",
+        help="virtio (local backend): the guest name QEMU gives and an ext admin disk; ccw"
+        " (z/VM): the user ID, CMS disk 0191 and OSA card (default: ccw on s390x, else virtio)",
     )
     parser.add_argument(
-        "--guest", help="guest name (default: the SMBIOS serial; on ccw vmcp or /proc/sysinfo)"
+        "--guest", help="guest name (default: the SMBIOS serial or /proc/sysinfo; on ccw vmcp)"
     )
     parser.add_argument("--parm-dir", type=Path, help="a mounted admin disk (default: mount it)")
     parser.add_argument(

@@ -1,14 +1,15 @@
 """What the guest-OS code needs to know about the machine a guest runs on.
 
-The same Linux system is laid out for two platforms: QEMU's virtio disks on the local
-backend, and z/VM minidisks (ccw devices) as in the paper. They differ in how a disk
-is named by its address, where a clone learns its user ID, and how it boots.
+The same Linux system is laid out for three platforms: QEMU's virtio disks on the local
+backend (x86_64 guests, or s390x guests as under KVM on IBM Z), and z/VM minidisks
+(ccw devices) as in the paper. They differ in how a disk is named by its address and
+how it boots.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from sharedroot.errors import InputError
@@ -22,18 +23,12 @@ class BootLoader(StrEnum):
     ZIPL = "zipl"  # zipl.conf + zipl writes the IPL record onto the boot disk
 
 
-class Identity(StrEnum):
-    ADMIN_DISK_SERIAL = "admin-disk"  # the local admin disk names the guest (findself)
-    SYSINFO = "sysinfo"  # /proc/sysinfo `VM00 Name:` (or `vmcp q userid`) on z/VM
-
-
 @dataclass(frozen=True)
 class Platform:
     bus: DeviceBus
     arch: str  # Debian architecture of the kernel recipe
     kernel_package: str
     boot_loader: BootLoader
-    identity: Identity
     partitioned: bool  # filesystems on partition 1 (ECKD DASD after fdasd), not the whole disk
 
     def disk(self, address: str) -> str:
@@ -61,29 +56,28 @@ VIRTIO = Platform(
     arch="amd64",
     kernel_package="linux-image-amd64",
     boot_loader=BootLoader.DIRECT,
-    identity=Identity.ADMIN_DISK_SERIAL,
     partitioned=False,
 )
+# s390x under the local backend: virtio-ccw disks that carry their address as serial too.
+VIRTIO_S390X = replace(VIRTIO, arch="s390x", kernel_package="linux-image-s390x")
 CCW = Platform(
     bus=DeviceBus.CCW,
     arch="s390x",
     kernel_package="linux-image-s390x",
     boot_loader=BootLoader.ZIPL,
-    identity=Identity.SYSINFO,
     partitioned=True,
 )
-PLATFORMS = (VIRTIO, CCW)
-_BY_BUS = {p.bus: p for p in PLATFORMS}
+PLATFORMS = (VIRTIO, VIRTIO_S390X, CCW)
+ARCHES = tuple(dict.fromkeys(p.arch for p in PLATFORMS))
 
 
-def for_bus(bus: DeviceBus) -> Platform:
-    return _BY_BUS[bus]
-
-
-def for_arch(arch: str) -> Platform:
-    """The platform whose guests run `arch` (a Debian architecture name)."""
+def find(bus: DeviceBus, arch: str | None = None) -> Platform:
+    """The platform of a backend's disks (`bus`) running `arch` (default: the bus's first)."""
+    if arch is not None and arch not in ARCHES:
+        known = ", ".join(ARCHES)
+        raise InputError(f"architecture {shown(arch)}: sharedroot builds guests for {known}")
     for p in PLATFORMS:
-        if p.arch == arch:
+        if p.bus is bus and arch in (None, p.arch):
             return p
-    known = ", ".join(p.arch for p in PLATFORMS)
-    raise InputError(f"architecture {shown(arch)}: sharedroot builds guests for {known}")
+    runs = ", ".join(p.arch for p in PLATFORMS if p.bus is bus)
+    raise InputError(f"architecture {arch}: guests with {bus} disks run {runs} only")

@@ -95,7 +95,7 @@ def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIR
         words = zipl.with_dasd(words, zipl.dasd_parameter(layout, readonly=True))
         words += [] if "vmpoff=LOGOFF" in words else ["vmpoff=LOGOFF"]
     cmdline = " ".join([*words, *extra])
-    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, cmdline))
+    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, cmdline, conf.arch))
     if platform.boot_loader is BootLoader.ZIPL:
         log(f"zipl.conf: {cmdline}")
         zipl.write_zipl_conf(root, conf.kernel, conf.initrd, cmdline)

@@ -7,6 +7,7 @@ and boots the kernel and initramfs it names, so a guest boots whatever its /boot
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,22 +17,30 @@ from sharedroot.errors import OperationError
 from sharedroot.run import run
 
 BOOT_CONFIG_NAME = "sharedroot.conf"
+# The Debian architectures whose kernels a backend can boot (a file from before the
+# key existed holds an x86_64 system).
+ARCH_RULE = re.compile(r"amd64|s390x")
+KEYS = ("kernel", "initrd", "cmdline", "arch")
 
 
 @dataclass(frozen=True)
 class BootConfig:
-    """What sharedroot.conf says: files relative to the /boot disk, and a cmdline."""
+    """What sharedroot.conf says: files relative to the /boot disk, a cmdline, the
+    kernel's architecture."""
 
     kernel: str
     initrd: str
     cmdline: str
+    arch: str = "amd64"
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-def render_boot_config(kernel: str, initrd: str, cmdline: str) -> str:
+def render_boot_config(kernel: str, initrd: str, cmdline: str, arch: str = "amd64") -> str:
+    if not ARCH_RULE.fullmatch(arch):
+        raise OperationError(f"{BOOT_CONFIG_NAME}: unknown architecture {arch!r}")
     return (
         "# sharedroot boot configuration (the local zipl.conf); paths relative to /boot\n"
-        f"kernel={kernel}\ninitrd={initrd}\ncmdline={cmdline}\n"
+        f"kernel={kernel}\ninitrd={initrd}\ncmdline={cmdline}\narch={arch}\n"
     )
 
 
@@ -46,8 +55,11 @@ def parse_boot_config(text: str) -> BootConfig:
     missing = [k for k in ("kernel", "initrd", "cmdline") if k not in values]
     if missing:
         raise OperationError(f"{BOOT_CONFIG_NAME}: missing {', '.join(missing)}")
-    extra = {k: v for k, v in values.items() if k not in ("kernel", "initrd", "cmdline")}
-    return BootConfig(values["kernel"], values["initrd"], values["cmdline"], extra)
+    arch = values.get("arch", "amd64")
+    if not ARCH_RULE.fullmatch(arch):
+        raise OperationError(f"{BOOT_CONFIG_NAME}: unknown architecture {arch!r}")
+    extra = {k: v for k, v in values.items() if k not in KEYS}
+    return BootConfig(values["kernel"], values["initrd"], values["cmdline"], arch, extra)
 
 
 def _dump(image: Path, name: str, out: Path) -> str:
@@ -72,7 +84,7 @@ def read_boot_config(boot_image: Path) -> BootConfig:
         return parse_boot_config(out.read_text())
 
 
-def extract_boot_files(boot_image: Path, dest_dir: Path) -> tuple[Path, Path, str]:
+def extract_boot_files(boot_image: Path, dest_dir: Path) -> tuple[Path, Path, BootConfig]:
     """Copy the kernel and initrd named by the boot config out of the /boot image."""
     conf = read_boot_config(boot_image)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -88,4 +100,4 @@ def extract_boot_files(boot_image: Path, dest_dir: Path) -> tuple[Path, Path, st
                 f"{boot_image}: cannot read /{rel} named by {BOOT_CONFIG_NAME}: {why}"
             )
         paths.append(out)
-    return paths[0], paths[1], conf.cmdline
+    return paths[0], paths[1], conf

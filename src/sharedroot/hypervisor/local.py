@@ -17,10 +17,11 @@ from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError, StoreError
 from sharedroot.files import regular_file, run_directory
-from sharedroot.hypervisor import cache_dir, qemu
+from sharedroot.hypervisor import cache_dir
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
 from sharedroot.hypervisor.ipl import extract_boot_files
+from sharedroot.hypervisor.qemu import accel, cmdline, control, process
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
@@ -284,11 +285,11 @@ class LocalBackend:
             yield self.disk_file(self._require_disk(guest, address))
 
     # LOGON, IPL, LOGOFF ------------------------------------------------------
-    def _device(self, guest: str, address: str) -> qemu.Drive:
+    def _device(self, guest: str, address: str) -> cmdline.Drive:
         """What a guest sees at an address: its own disk, or a linked one (RR: read-only)."""
         disk = self.state.disk(guest, address)
         if disk is not None:
-            return qemu.Drive(self.disk_file(disk), address)
+            return cmdline.Drive(self.disk_file(disk), address)
         link = self.state.link(guest, address)
         if link is None:
             raise RefusedError(f"{guest} has no disk or link at {address}")
@@ -297,9 +298,9 @@ class LocalBackend:
             raise RefusedError(
                 f"{guest} {address}: links {link.owner} {link.owner_address}, which does not exist"
             )
-        return qemu.Drive(self.disk_file(target), address, readonly=link.mode is Mode.RR)
+        return cmdline.Drive(self.disk_file(target), address, readonly=link.mode is Mode.RR)
 
-    def _attached(self, guest: str) -> list[qemu.Drive]:
+    def _attached(self, guest: str) -> list[cmdline.Drive]:
         addresses = [d.address for d in self.state.disks(guest)]
         addresses += [lk.address for lk in self.state.links(guest)]
         return [self._device(guest, a) for a in sorted(addresses)]
@@ -327,23 +328,24 @@ class LocalBackend:
         run_dir = self.guest_run_dir(guest)
         lock = self.take_lock(guest)
         try:
-            kernel, initrd, cmdline = extract_boot_files(boot.path, run_dir / "boot")
+            kernel, initrd, conf = extract_boot_files(boot.path, run_dir / "boot")
             shm = Path("/dev/shm") / f"sharedroot-{os.getpid()}-{guest}"
             for addr, size in request.vdisks:  # SWAPGEN: new RAM-backed swap each LOGON
-                path = qemu.make_vdisk(shm.with_name(f"{shm.name}-{addr}.swap"), size)
-                drives.append(qemu.Drive(path, addr, ephemeral=True))
-            spec = qemu.GuestSpec(
+                path = process.make_vdisk(shm.with_name(f"{shm.name}-{addr}.swap"), size)
+                drives.append(cmdline.Drive(path, addr, ephemeral=True))
+            spec = cmdline.GuestSpec(
                 name=guest,
                 kernel=kernel,
                 initrd=initrd,
-                cmdline=cmdline,
+                cmdline=conf.cmdline,
                 drives=tuple(drives),
                 run_dir=run_dir,
-                accel=qemu.probe_accel(self.cache_dir),
+                accel=accel.probe_accel(self.cache_dir, arch=conf.arch),
+                arch=conf.arch,
                 memory_mb=request.memory_mb,
             )
             try:
-                qemu.launch(spec, lock_fd=lock)
+                process.launch(spec, lock_fd=lock)
             finally:
                 for d in drives:
                     if d.ephemeral:
@@ -354,25 +356,25 @@ class LocalBackend:
     def _running_dir(self, guest: str) -> tuple[Path, int]:
         self._require_guest(guest)
         run_dir = self.guest_run_dir(guest)
-        pid = qemu.read_pid(run_dir)
+        pid = process.read_pid(run_dir)
         if self.query(guest) is not GuestState.LOGGED_ON or pid is None:
             raise RefusedError(f"{guest} is not logged on")
         return run_dir, pid
 
     def wait_ready(self, guest: str, timeout: float) -> None:
-        qemu.wait_ready(self._running_dir(guest)[0], timeout)
+        process.wait_ready(self._running_dir(guest)[0], timeout)
 
     def stop(self, guest: str, timeout: float) -> str:
         run_dir, pid = self._running_dir(guest)
-        return qemu.shutdown(run_dir, pid, timeout)
+        return process.shutdown(run_dir, pid, timeout)
 
     def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
-        return qemu.agent_exec(self._running_dir(guest)[0], argv, timeout)
+        return control.agent_exec(self._running_dir(guest)[0], argv, timeout)
 
     def console_log(self, guest: str) -> Path:
         """Where QEMU writes the guest's serial console."""
         self._require_guest(guest)
-        return self.guest_run_dir(guest) / qemu.CONSOLE_LOG
+        return self.guest_run_dir(guest) / cmdline.CONSOLE_LOG
 
     def console(self, guest: str, *, follow: bool = False) -> Iterator[bytes]:
         log = self.console_log(guest)

@@ -9,10 +9,10 @@ from pathlib import Path
 import sharedroot
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.guestos import debian, findself, zipl
-from sharedroot.guestos.platform import BootLoader, for_arch, for_bus
+from sharedroot.guestos.platform import BootLoader, find
 from sharedroot.hypervisor import cache_dir
 from sharedroot.model.parm import check_hostname
-from sharedroot.model.types import DiskKind
+from sharedroot.model.types import DeviceBus, DiskKind
 from sharedroot.workflows import guards
 from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
@@ -21,14 +21,14 @@ from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perfo
 GUEST_PYTHONPATH = "/usr/local/lib/sharedroot-py"
 
 
-def guest_files() -> dict[str, bytes | str]:
+def guest_files(bus: DeviceBus) -> dict[str, bytes | str]:
     """sharedroot's Python package and the findself unit, as files inside the guest."""
     package = Path(sharedroot.__file__).parent
     files: dict[str, bytes | str] = {
         f"{GUEST_PYTHONPATH}/sharedroot/{p.relative_to(package)}": p.read_bytes()
         for p in sorted(package.rglob("*.py"))
     }
-    files[f"/etc/systemd/system/{findself.UNIT_NAME}"] = findself.unit_text(GUEST_PYTHONPATH)
+    files[f"/etc/systemd/system/{findself.UNIT_NAME}"] = findself.unit_text(GUEST_PYTHONPATH, bus)
     return files
 
 
@@ -56,13 +56,10 @@ def install(
     given = own_tree(tree_dir) if tree_dir is not None else None
     if distro != "debian-bookworm":
         raise InputError(f"--distro {distro!r}: only debian-bookworm can be installed so far")
-    platform = for_bus(site.hv.bus)
-    if arch is not None and for_arch(arch) is not platform:
-        raise RefusedError(
-            f"--arch {arch}: the {site.hv.name} backend runs {platform.arch} guests"
-            f" ({platform.bus} disks); {arch} guests need "
-            + ("a zvm site (init --backend zvm)" if arch == "s390x" else "a local site")
-        )
+    try:
+        platform = find(site.hv.bus, arch)
+    except InputError as exc:
+        raise RefusedError(f"--arch {arch}: the {site.hv.name} backend cannot: {exc}") from None
     guest = site.config.guests.maintenance
     layout = site.config.layout
     # A user ID may hold @ # $, which a host name may not: those become '-'.
@@ -87,7 +84,7 @@ def install(
             under = site.home / "tmp" if given is not None else None
             with debian.staged_tree(tree[0], under) as stage:
                 access = site.hv.access_files()
-                files = {**guest_files(), **access}
+                files = {**guest_files(platform.bus), **access}
                 modes = dict.fromkeys(access, 0o600)
                 debian.install_extra(stage, files, [findself.UNIT_NAME], modes=modes)
                 sources = debian.split_tree(stage, layout, platform=platform)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos.platform import for_bus
+from sharedroot.guestos.platform import find
 from sharedroot.guestos.readonly import check_supported, make_readonly
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
 from sharedroot.model.types import DiskKind
@@ -112,7 +112,7 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
     source, target = g.maintenance, g.staging
     pairs = same_addresses(site)
     filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
-    platform = for_bus(site.hv.bus)
+    platform = find(site.hv.bus)
 
     with site.locked(ui, writes=not opts.dry_run):
         copy_guards(site, source, target, pairs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sharedroot.errors import InputError
-from sharedroot.guestos.platform import for_bus
+from sharedroot.guestos.platform import find
 from sharedroot.model.parm import identity_from_parm
 from sharedroot.model.types import GuestState
 from sharedroot.workflows import guards
@@ -80,7 +80,7 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
     _, failed, _ = sh("systemctl --failed --no-legend --plain")
     checks.append(Check("systemctl --failed is empty", failed == "", failed or "none failed"))
 
-    platform = for_bus(site.hv.bus)
+    platform = find(site.hv.bus)
     _, fstab, _ = sh("cat /etc/fstab")
     sources = {f[1]: f[0] for f in (ln.split() for ln in fstab.splitlines()) if len(f) >= 2}
     wrong = [
