@@ -172,13 +172,22 @@ def test_boot_config_read_from_the_image_without_mounting(tmp_path: Path) -> Non
     assert initrd.read_bytes() == b"initrd"
     assert (conf.cmdline, conf.arch) == ("root=/dev/x ro quiet", "amd64")
     # the kernel's architecture: absent in files written before it was recorded
-    text = ipl.render_boot_config("vmlinuz-6.1", "initrd.img-6.1", "ro", "s390x")
+    text = ipl.render_boot_config(ipl.BootConfig("vmlinuz-6.1", "initrd.img-6.1", "ro", "s390x"))
     assert ipl.parse_boot_config(text).arch == "s390x"
     assert ipl.parse_boot_config("kernel=k\ninitrd=i\ncmdline=ro\n").arch == "amd64"
     with pytest.raises(OperationError, match="unknown architecture"):
         ipl.parse_boot_config("kernel=k\ninitrd=i\ncmdline=ro\narch=s390x,x\n")
     with pytest.raises(OperationError, match="unknown architecture"):
-        ipl.render_boot_config("k", "i", "ro", "ppc64el")
+        ipl.render_boot_config(ipl.BootConfig("k", "i", "ro", "ppc64el"))
+    # the disks mapped as persistent memory: ADDRESS:SLOT, nothing else
+    dax = ipl.BootConfig("k", "i", "ro", dax="01B1:18,01B7:19")
+    assert ipl.parse_boot_config(ipl.render_boot_config(dax)).pmem_slots == {
+        "01B1": 0x18,
+        "01B7": 0x19,
+    }
+    for bad in ("01B1:17", "01b1:18", "01B1:18,", "01B1:18;reboot", "01B1:20"):
+        with pytest.raises(OperationError, match="persistent-memory"):
+            ipl.parse_boot_config(f"kernel=k\ninitrd=i\ncmdline=ro\ndax={bad}\n")
 
 
 def test_boot_config_missing_is_an_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from sharedroot.errors import RefusedError
 from sharedroot.guestos import earlybind
 from sharedroot.guestos.readonly import PKGDB, make_readonly
-from sharedroot.hypervisor.ipl import parse_boot_config, render_boot_config
+from sharedroot.hypervisor.ipl import BootConfig, parse_boot_config, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.run import run
 
@@ -25,7 +25,9 @@ def tree(tmp_path: Path) -> Path:
     (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     (root / "root/.profile").write_text("# root's\n")
     (root / "boot/sharedroot.conf").write_text(
-        render_boot_config("vmlinux-6.1", "initrd.img-6.1", "root=/dev/disk/by-id/virtio-01B1 rw")
+        render_boot_config(
+            BootConfig("vmlinux-6.1", "initrd.img-6.1", "root=/dev/disk/by-id/virtio-01B1 rw")
+        )
     )
     earlybind.write_scripts(root)  # as the golden tree has it since install
     return root

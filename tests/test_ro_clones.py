@@ -83,6 +83,20 @@ def test_three_clones_share_one_root_and_pass_verify(site: BootSite) -> None:
         report = json.loads(site.run("verify", guest, "--json", check=False).stdout)
         failed = [c for c in report["checks"] if not c["ok"]]
         assert report["ok"], f"{guest}: {failed}"
+        # / and /usr (sizes multiples of 128 MiB) are the gold mapped as memory, with DAX;
+        # /boot (192 MiB) and /opt (64 MiB) stay virtio-blk
+        dax = [c["check"] for c in report["checks"] if "mapped as memory" in c["check"]]
+        assert dax == ["01B1 / mapped as memory with DAX", "01B7 /usr mapped as memory with DAX"]
+    # the guest's page cache stays flat while it reads the gold's files: they are the
+    # host's pages, mapped (DAX), not copied into each guest
+    cached = site.sh(
+        "LNX227",
+        "sync; echo 3 > /proc/sys/vm/drop_caches; sed -n 's/^Cached: *//p' /proc/meminfo;"
+        " find /usr/lib -type f -size +100k | head -200 | xargs cat | wc -c;"
+        " sed -n 's/^Cached: *//p' /proc/meminfo",
+    ).split()
+    before, read, after = int(cached[0]), int(cached[2]), int(cached[3])
+    assert read > 50 << 20 and after - before < 8 << 10, cached  # kB: < 8 MiB for > 50 MiB read
 
     # /etc is each clone's own: a file written on one is absent on the others ...
     site.sh("LNX227", "echo mine > /etc/sharedroot-test")

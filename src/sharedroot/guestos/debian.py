@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sharedroot.errors import OperationError
-from sharedroot.guestos import earlybind, foreign, zipl
+from sharedroot.guestos import earlybind, foreign, pmem, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, find
 from sharedroot.guestos.vmlinux import extract_vmlinux
-from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, render_boot_config
+from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, BootConfig, render_boot_config
 from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DeviceBus, DiskKind
@@ -62,8 +62,16 @@ class Recipe:
         "ca-certificates",
     )
     kernel_package: str = "linux-image-amd64"
-    # The slim initramfs: only what finds and mounts virtio disks (ext4 also mounts ext2).
-    initramfs_modules: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
+    # The slim initramfs: only what finds and mounts virtio disks (ext4 also mounts ext2),
+    # and the gold's disks mapped as persistent memory (virtio_pmem pulls in libnvdimm).
+    initramfs_modules: tuple[str, ...] = (
+        "virtio_pci",
+        "virtio_blk",
+        "virtio_pmem",
+        "nd_pmem",
+        "ext4",
+        "crc32c_generic",
+    )
     initramfs_compress: str = "zstd"
     hostname: str = "s10rwmnt"
     # The fstab written into the gold; the initramfs fsck hook reads fs types from it.
@@ -246,6 +254,8 @@ def _preconfigure(root: Path, recipe: Recipe) -> None:
     )
     (conf / "modules").write_text("\n".join(recipe.initramfs_modules) + "\n")
     write_fstab(root, recipe.layout, platform=recipe.platform)
+    if recipe.arch == "amd64":  # virtio-pmem (PCI) for the gold in memory: x86_64 only
+        pmem.write_rule(root, recipe.layout)
     earlybind.write_scripts(root)  # idle until a read-only root's boot config switches it on
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/hosts").write_text(
@@ -364,7 +374,7 @@ def write_boot_config(
 ) -> Path:
     """Write root_dir/boot/sharedroot.conf (kernel and initrd relative to /boot)."""
     path = root_dir / "boot" / BOOT_CONFIG_NAME
-    _replace(path, render_boot_config(kernel, initrd, cmdline, arch))
+    _replace(path, render_boot_config(BootConfig(kernel, initrd, cmdline, arch)))
     return path
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos import earlybind, zipl
+from sharedroot.guestos import earlybind, pmem, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
@@ -95,7 +96,14 @@ def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIR
         words = zipl.with_dasd(words, zipl.dasd_parameter(layout, readonly=True))
         words += [] if "vmpoff=LOGOFF" in words else ["vmpoff=LOGOFF"]
     cmdline = " ".join([*words, *extra])
-    _write(conf_path, render_boot_config(conf.kernel, conf.initrd, cmdline, conf.arch))
+    ready = pmem.dax_ready(root, layout) if conf.arch == "amd64" else {}
+    for address in ready:
+        mount = layout.get(address).mount or "/"
+        count = pmem.set_dax_flags(root / mount.lstrip("/"))
+        log(f"DAX: {address} {mount} ready to be mapped as memory ({count} files flagged)")
+    _write(
+        conf_path, render_boot_config(replace(conf, cmdline=cmdline, dax=pmem.render_ready(ready)))
+    )
     if platform.boot_loader is BootLoader.ZIPL:
         log(f"zipl.conf: {cmdline}")
         zipl.write_zipl_conf(root, conf.kernel, conf.initrd, cmdline)

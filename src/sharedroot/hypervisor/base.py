@@ -26,6 +26,7 @@ class StartRequest:
     boot_address: str
     vdisks: tuple[tuple[str, int], ...] = ()  # (address, size): fresh swap at each start
     memory_mb: int = 512
+    dax: bool = False  # shared gold disks as persistent memory where the gold is ready
 
 
 class Hypervisor(Protocol):
@@ -148,6 +149,10 @@ class Hypervisor(Protocol):
     def access_files(self) -> dict[str, str]:
         """Files (path in the guest -> text) a system needs so `execute` reaches it
         (on z/VM: the site's SSH key in root's authorized_keys), made on first use."""
+        ...
+
+    def memory_mapped(self, guest: str) -> tuple[str, ...]:
+        """Addresses of the running guest's disks mapped as persistent memory (DAX)."""
         ...
 
     def start(self, guest: str, request: StartRequest) -> None:

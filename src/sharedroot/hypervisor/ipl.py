@@ -20,7 +20,10 @@ BOOT_CONFIG_NAME = "sharedroot.conf"
 # The Debian architectures whose kernels a backend can boot (a file from before the
 # key existed holds an x86_64 system).
 ARCH_RULE = re.compile(r"amd64|s390x")
-KEYS = ("kernel", "initrd", "cmdline", "arch")
+# Shared disks the system can use as persistent memory (DAX), ADDRESS:PCI-SLOT pairs
+# such as 01B1:18,01B7:19 (written by mnt2rogld, see guestos.pmem).
+DAX_RULE = re.compile(r"[0-9A-F]{4}:1[89a-f](?:,[0-9A-F]{4}:1[89a-f]){0,7}")
+KEYS = ("kernel", "initrd", "cmdline", "arch", "dax")
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,30 @@ class BootConfig:
     initrd: str
     cmdline: str
     arch: str = "amd64"
+    dax: str = ""  # DAX_RULE, or empty: no disk is ready to be mapped as memory
     extra: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def pmem_slots(self) -> dict[str, int]:
+        """Address -> PCI slot of each disk the system can use as persistent memory."""
+        pairs = (p.split(":") for p in self.dax.split(",") if p)
+        return {address: int(slot, 16) for address, slot in pairs}
 
-def render_boot_config(kernel: str, initrd: str, cmdline: str, arch: str = "amd64") -> str:
-    if not ARCH_RULE.fullmatch(arch):
-        raise OperationError(f"{BOOT_CONFIG_NAME}: unknown architecture {arch!r}")
+
+def _check(conf: BootConfig) -> BootConfig:
+    if not ARCH_RULE.fullmatch(conf.arch):
+        raise OperationError(f"{BOOT_CONFIG_NAME}: unknown architecture {conf.arch!r}")
+    if conf.dax and not DAX_RULE.fullmatch(conf.dax):
+        raise OperationError(f"{BOOT_CONFIG_NAME}: bad persistent-memory map {conf.dax!r}")
+    return conf
+
+
+def render_boot_config(conf: BootConfig) -> str:
+    _check(conf)
     return (
         "# sharedroot boot configuration (the local zipl.conf); paths relative to /boot\n"
-        f"kernel={kernel}\ninitrd={initrd}\ncmdline={cmdline}\narch={arch}\n"
+        f"kernel={conf.kernel}\ninitrd={conf.initrd}\ncmdline={conf.cmdline}\n"
+        f"arch={conf.arch}\n" + (f"dax={conf.dax}\n" if conf.dax else "")
     )
 
 
@@ -55,11 +73,17 @@ def parse_boot_config(text: str) -> BootConfig:
     missing = [k for k in ("kernel", "initrd", "cmdline") if k not in values]
     if missing:
         raise OperationError(f"{BOOT_CONFIG_NAME}: missing {', '.join(missing)}")
-    arch = values.get("arch", "amd64")
-    if not ARCH_RULE.fullmatch(arch):
-        raise OperationError(f"{BOOT_CONFIG_NAME}: unknown architecture {arch!r}")
     extra = {k: v for k, v in values.items() if k not in KEYS}
-    return BootConfig(values["kernel"], values["initrd"], values["cmdline"], arch, extra)
+    return _check(
+        BootConfig(
+            values["kernel"],
+            values["initrd"],
+            values["cmdline"],
+            values.get("arch", "amd64"),
+            values.get("dax", ""),
+            extra,
+        )
+    )
 
 
 def _dump(image: Path, name: str, out: Path) -> str:

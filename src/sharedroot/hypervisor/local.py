@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ from sharedroot.files import regular_file, run_directory
 from sharedroot.hypervisor import cache_dir
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
-from sharedroot.hypervisor.ipl import extract_boot_files
+from sharedroot.hypervisor.ipl import BootConfig, extract_boot_files
 from sharedroot.hypervisor.qemu import accel, cmdline, control, process
-from sharedroot.model.layout import ADMIN_OWN_ADDRESS
+from sharedroot.model.layout import ADMIN_OWN_ADDRESS, PMEM_ALIGN
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
 from sharedroot.store.config import SiteConfig
@@ -30,6 +31,7 @@ from sharedroot.store.rows import DiskRow, LinkRow
 from sharedroot.store.state import State
 
 ADMIN_DISK_SIZE = 16 << 20
+PMEM_FILE = "pmem"  # in a running guest's run directory: its disks mapped as memory
 
 
 def make_filesystem(
@@ -49,7 +51,8 @@ def make_filesystem(
     if kind is DiskKind.SWAP:
         run(["mkswap", "-q", *(["-L", label] if label else []), image])
     elif fs in ("ext2", "ext3", "ext4"):
-        argv: list[str | Path] = ["mke2fs", "-q", "-F", "-t", fs]
+        # 4 KiB blocks even on small disks: DAX maps whole pages (see guestos.pmem).
+        argv: list[str | Path] = ["mke2fs", "-q", "-F", "-t", fs, "-b", "4096"]
         if label:
             argv += ["-L", label]
         if source is not None:  # files owned as in the tree, the top directory by root
@@ -57,6 +60,22 @@ def make_filesystem(
         run([*argv, image])
     else:
         raise InputError(f"cannot make a filesystem of type {fs!r}")
+
+
+def _memory_mapped(
+    drives: list[cmdline.Drive], conf: BootConfig, request: StartRequest
+) -> tuple[cmdline.Pmem, ...]:
+    """The read-only gold disks to map as persistent memory: where the site wants it,
+    the gold names them (its boot configuration's map) and the size fits the guest's
+    memory sections; the others stay virtio-blk."""
+    if not request.dax or conf.arch != "amd64":
+        return ()
+    slots = conf.pmem_slots
+    return tuple(
+        cmdline.Pmem(d.path, d.address, slots[d.address], size)
+        for d in drives
+        if d.readonly and d.address in slots and (size := d.path.stat().st_size) % PMEM_ALIGN == 0
+    )
 
 
 def check_image(path: Path, size: int, what: str) -> None:
@@ -329,6 +348,10 @@ class LocalBackend:
         lock = self.take_lock(guest)
         try:
             kernel, initrd, conf = extract_boot_files(boot.path, run_dir / "boot")
+            pmem = _memory_mapped(drives, conf, request)
+            mapped = {p.address for p in pmem}
+            drives = [d for d in drives if d.address not in mapped]
+            (run_dir / PMEM_FILE).write_text(" ".join(sorted(mapped)) + "\n")
             shm = Path("/dev/shm") / f"sharedroot-{os.getpid()}-{guest}"
             for addr, size in request.vdisks:  # SWAPGEN: new RAM-backed swap each LOGON
                 path = process.make_vdisk(shm.with_name(f"{shm.name}-{addr}.swap"), size)
@@ -342,6 +365,7 @@ class LocalBackend:
                 run_dir=run_dir,
                 accel=accel.probe_accel(self.cache_dir, arch=conf.arch),
                 arch=conf.arch,
+                pmem=pmem,
                 memory_mb=request.memory_mb,
             )
             try:
@@ -352,6 +376,13 @@ class LocalBackend:
                         d.path.unlink(missing_ok=True)
         finally:
             os.close(lock)  # QEMU holds its own copy of the lock while it runs
+
+    def memory_mapped(self, guest: str) -> tuple[str, ...]:
+        try:
+            text = (self._running_dir(guest)[0] / PMEM_FILE).read_text()
+        except OSError:
+            return ()
+        return tuple(a for a in text.split() if re.fullmatch(r"[0-9A-F]{4}", a))
 
     def _running_dir(self, guest: str) -> tuple[Path, int]:
         self._require_guest(guest)

@@ -99,6 +99,20 @@ class Layout:
         return next(d for d in self.disks if d.mount == "/")
 
 
+# A read-only clone may map shared disks as persistent memory (virtio-pmem, DAX). Those
+# have no serial, so each sits at a fixed PCI slot from which the gold's udev rule
+# gives it the same /dev/disk/by-id/virtio-<address> name a virtio-blk disk has.
+PMEM_FIRST_SLOT = 0x18
+PMEM_MAX = 8  # slots 0x18-0x1f of the PCI root bus
+PMEM_ALIGN = 128 << 20  # the guest maps device memory in 128 MiB sections
+
+
+def pmem_slots(layout: Layout) -> dict[str, int]:
+    """PCI slot per shared filesystem disk that may be mapped as persistent memory."""
+    shared = [d for d in layout.shared if d.kind is DiskKind.FS][:PMEM_MAX]
+    return {d.address: PMEM_FIRST_SLOT + i for i, d in enumerate(shared)}
+
+
 def plain_path(path: str) -> bool:
     """Whether `path` is / or a normalized absolute path of plain components (MOUNT_RULE)."""
     return (

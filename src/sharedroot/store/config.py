@@ -80,6 +80,7 @@ class SiteConfig:
     guests: PipelineGuests
     layout: Layout
     zvm: ZvmSettings = ZvmSettings()
+    dax: str = "on"
 
     def slot_holder(self, slot: int) -> str:
         if not 1 <= slot <= self.gold_slots:

@@ -121,6 +121,16 @@ SETTINGS: tuple[Setting, ...] = (
         "memory of each guest in MiB (local backend)",
         "MIB",
     ),
+    Setting(
+        "dax",
+        _choice(("on", "off")),
+        "on",
+        "map a read-only clone's shared gold disks as persistent memory with DAX (local"
+        " backend; the paper's DCSS): one copy of the gold in host memory for all clones."
+        " Used where the gold is ready for it (made by mnt2rogld) and the disk's size is a"
+        " multiple of 128 MiB; other disks are attached as virtio-blk",
+        "on|off",
+    ),
 )
 
 # The z/VM backend's settings: [zvm] in site.toml (see the paper's LNXCLONE, §1.4).

@@ -23,7 +23,7 @@ def start_request(site: Site) -> StartRequest:
     layout = site.config.layout
     boot = next((d for d in layout if d.mount == "/boot"), layout.root)
     vdisks = tuple((d.address, d.size) for d in layout if d.kind is DiskKind.VDISK)
-    return StartRequest(boot.address, vdisks, site.config.memory_mb)
+    return StartRequest(boot.address, vdisks, site.config.memory_mb, site.config.dax == "on")
 
 
 def start(

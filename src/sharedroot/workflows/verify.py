@@ -105,4 +105,22 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
                 "read-only" if ro == "1" else f"ro={ro or '?'}",
             )
         )
+    for address in site.hv.memory_mapped(guest):
+        mount = site.config.layout.get(address).mount or "/"
+        # the device under the mount is persistent memory the kernel can map (DAX), and
+        # the gold's files carry the flag that makes ext4 use it (dax=inode)
+        _, seen, _ = sh(
+            f'n=$(basename "$(readlink -f "$(findmnt -no SOURCE {mount})")");'
+            f' echo "$n $(cat /sys/block/$n/queue/dax) $(lsattr -d {mount} | cut -d" " -f1)"'
+        )
+        words = seen.split()
+        ok = len(words) == 3 and words[0].startswith("pmem") and words[1] == "1"
+        ok = ok and "x" in words[2]
+        checks.append(
+            Check(
+                f"{address} {mount} mapped as memory with DAX",
+                ok,
+                f"{words[0]}, DAX, flagged" if ok else f"device, dax, flags: {seen or '?'}",
+            )
+        )
     return checks

@@ -57,6 +57,20 @@ class Drive:
     ephemeral: bool = False
 
 
+@dataclass(frozen=True)
+class Pmem:
+    """A read-only gold disk mapped into the guest as persistent memory (virtio-pmem).
+
+    QEMU maps the image file shared and read-only, so every guest of the host uses the
+    same page-cache pages; the guest's udev rule names it by `address` from `slot`.
+    """
+
+    path: Path
+    address: str
+    slot: int  # PCI slot on the root bus
+    size: int  # bytes, a multiple of the guest's 128 MiB memory sections
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuestSpec:
     name: str  # the guest name, also the SMBIOS serial (what CP QUERY USERID gives)
@@ -70,6 +84,7 @@ class GuestSpec:
     cpus: int = 1  # one vCPU per guest measured best under TCG
     net: str = "user"  # "user" (slirp NAT, virtio-net) or "none"
     arch: str = "amd64"  # the kernel's Debian architecture (MACHINES)
+    pmem: tuple[Pmem, ...] = ()
 
 
 def _opt(value: str | Path) -> str:
@@ -81,6 +96,14 @@ def guest_mac(name: str) -> str:
     """A stable locally administered MAC per guest, so DHCP leases and logs stay put."""
     h = hashlib.sha256(name.encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+
+
+def _memory(spec: GuestSpec) -> str:
+    """-m: the guest's RAM; with persistent memory, room for it as device memory."""
+    if not spec.pmem:
+        return str(spec.memory_mb)
+    device_mb = sum(p.size for p in spec.pmem) >> 20
+    return f"{spec.memory_mb},slots=1,maxmem={spec.memory_mb + device_mb}M"
 
 
 def qemu_argv(spec: GuestSpec) -> list[str]:
@@ -108,7 +131,7 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         # TCG: the default CPU model; "max" measured no faster and emulates more.
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-m",
-        str(spec.memory_mb),
+        _memory(spec),
         "-smp",
         str(spec.cpus),
         # The guest's shutdown AND reboot log it off, as vmpoff=LOGOFF does: a reboot
@@ -150,6 +173,16 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
             f"readonly={'on' if d.readonly else 'off'},cache=writeback,discard=unmap",
             "-device",
             f"virtio-blk-{m.bus},drive={drive_id},serial={d.address}{devno}",
+        ]
+    for p in spec.pmem:
+        if m.bus != "pci":
+            raise OperationError(f"guest {spec.name}: persistent memory needs a PCI machine")
+        argv += [
+            "-object",
+            f"memory-backend-file,id=m{p.address},mem-path={_opt(p.path)},size={p.size},"
+            "share=on,readonly=on",
+            "-device",
+            f"virtio-pmem-pci,memdev=m{p.address},id=pmem{p.address},addr=0x{p.slot:02x}",
         ]
     if spec.net == "user":
         argv += [
