@@ -12,7 +12,7 @@ import pytest
 from sharedroot.guestos import pmem
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.ipl import BootConfig
-from sharedroot.hypervisor.local import _memory_mapped
+from sharedroot.hypervisor.local import _memory_map
 from sharedroot.hypervisor.qemu import cmdline
 from sharedroot.model.layout import PAPER_LAYOUT, pmem_slots
 
@@ -107,7 +107,12 @@ def test_only_ready_aligned_read_only_disks_are_mapped(tmp_path: Path) -> None:
     ]
     conf = BootConfig("k", "i", "ro", dax="01B0:18,01B1:19,01B5:1c")
     on = StartRequest("01B0", dax=True)
-    assert [p.address for p in _memory_mapped(drives, conf, on)] == ["01B1"]
-    assert _memory_mapped(drives, conf, StartRequest("01B0")) == ()  # dax = off
+    memory = _memory_map(drives, conf, on)
+    assert memory == {
+        "01B1": cmdline.Pmem(tmp_path / "21B1.img", "01B1", 0x19, 256 * M),
+        "01B0": "virtio-blk: 192 MiB is not a multiple of 128 MiB",
+    }  # 01B7: not in the gold's map; 01B5: private
+    off = _memory_map(drives, conf, StartRequest("01B0"))
+    assert off["01B1"] == "virtio-blk: the site's dax setting is off"
     s390 = BootConfig("k", "i", "ro", arch="s390x", dax="01B1:19")
-    assert _memory_mapped(drives, s390, on) == ()
+    assert _memory_map(drives, s390, on) == {}

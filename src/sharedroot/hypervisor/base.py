@@ -151,8 +151,9 @@ class Hypervisor(Protocol):
         (on z/VM: the site's SSH key in root's authorized_keys), made on first use."""
         ...
 
-    def memory_mapped(self, guest: str) -> tuple[str, ...]:
-        """Addresses of the running guest's disks mapped as persistent memory (DAX)."""
+    def memory_map(self, guest: str) -> dict[str, str]:
+        """Per gold disk of the running guest that could be persistent memory: "dax" if
+        it is mapped so, else why it is attached as a disk."""
         ...
 
     def start(self, guest: str, request: StartRequest) -> None:

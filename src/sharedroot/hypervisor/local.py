@@ -8,6 +8,7 @@ guest's process ends, however it ends.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from sharedroot.store.rows import DiskRow, LinkRow
 from sharedroot.store.state import State
 
 ADMIN_DISK_SIZE = 16 << 20
-PMEM_FILE = "pmem"  # in a running guest's run directory: its disks mapped as memory
+PMEM_FILE = "pmem.json"  # in a guest's run directory: its gold disks as memory, or why not
 
 
 def make_filesystem(
@@ -62,20 +63,24 @@ def make_filesystem(
         raise InputError(f"cannot make a filesystem of type {fs!r}")
 
 
-def _memory_mapped(
+def _memory_map(
     drives: list[cmdline.Drive], conf: BootConfig, request: StartRequest
-) -> tuple[cmdline.Pmem, ...]:
-    """The read-only gold disks to map as persistent memory: where the site wants it,
-    the gold names them (its boot configuration's map) and the size fits the guest's
-    memory sections; the others stay virtio-blk."""
-    if not request.dax or conf.arch != "amd64":
-        return ()
-    slots = conf.pmem_slots
-    return tuple(
-        cmdline.Pmem(d.path, d.address, slots[d.address], size)
-        for d in drives
-        if d.readonly and d.address in slots and (size := d.path.stat().st_size) % PMEM_ALIGN == 0
-    )
+) -> dict[str, cmdline.Pmem | str]:
+    """Per read-only gold disk the system can use as persistent memory (its boot
+    configuration's map): the device to map, or why it stays virtio-blk."""
+    slots = conf.pmem_slots if conf.arch == "amd64" else {}
+    out: dict[str, cmdline.Pmem | str] = {}
+    for d in drives:
+        if not d.readonly or d.address not in slots:
+            continue
+        size = d.path.stat().st_size
+        if not request.dax:
+            out[d.address] = "virtio-blk: the site's dax setting is off"
+        elif size % PMEM_ALIGN:
+            out[d.address] = f"virtio-blk: {size >> 20} MiB is not a multiple of 128 MiB"
+        else:
+            out[d.address] = cmdline.Pmem(d.path, d.address, slots[d.address], size)
+    return out
 
 
 def check_image(path: Path, size: int, what: str) -> None:
@@ -348,10 +353,11 @@ class LocalBackend:
         lock = self.take_lock(guest)
         try:
             kernel, initrd, conf = extract_boot_files(boot.path, run_dir / "boot")
-            pmem = _memory_mapped(drives, conf, request)
-            mapped = {p.address for p in pmem}
-            drives = [d for d in drives if d.address not in mapped]
-            (run_dir / PMEM_FILE).write_text(" ".join(sorted(mapped)) + "\n")
+            memory = _memory_map(drives, conf, request)
+            pmem = tuple(p for p in memory.values() if isinstance(p, cmdline.Pmem))
+            drives = [d for d in drives if d.address not in {p.address for p in pmem}]
+            notes = {a: "dax" if isinstance(p, cmdline.Pmem) else p for a, p in memory.items()}
+            (run_dir / PMEM_FILE).write_text(json.dumps(notes) + "\n")
             shm = Path("/dev/shm") / f"sharedroot-{os.getpid()}-{guest}"
             for addr, size in request.vdisks:  # SWAPGEN: new RAM-backed swap each LOGON
                 path = process.make_vdisk(shm.with_name(f"{shm.name}-{addr}.swap"), size)
@@ -377,12 +383,14 @@ class LocalBackend:
         finally:
             os.close(lock)  # QEMU holds its own copy of the lock while it runs
 
-    def memory_mapped(self, guest: str) -> tuple[str, ...]:
+    def memory_map(self, guest: str) -> dict[str, str]:
         try:
-            text = (self._running_dir(guest)[0] / PMEM_FILE).read_text()
-        except OSError:
-            return ()
-        return tuple(a for a in text.split() if re.fullmatch(r"[0-9A-F]{4}", a))
+            notes = json.loads((self._running_dir(guest)[0] / PMEM_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(notes, dict):
+            return {}
+        return {str(a): str(n) for a, n in notes.items() if re.fullmatch(r"[0-9A-F]{4}", str(a))}
 
     def _running_dir(self, guest: str) -> tuple[Path, int]:
         self._require_guest(guest)

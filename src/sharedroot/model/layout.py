@@ -209,9 +209,10 @@ def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
 M = 1 << 20
 
 # Table 1-1, sized for a Debian minbase server (merged /usr: /bin, /lib live on /usr).
+# The shared disks' sizes are multiples of 128 MiB, so clones can map them as memory.
 PAPER_LAYOUT = Layout(
     (
-        DiskSpec("01B0", DiskKind.FS, 192 * M, Access.RO, "/boot", "ext2"),
+        DiskSpec("01B0", DiskKind.FS, 256 * M, Access.RO, "/boot", "ext2"),
         DiskSpec("01B1", DiskKind.FS, 256 * M, Access.RO, "/", "ext2"),
         DiskSpec("01B2", DiskKind.VDISK, 64 * M, Access.RW),
         DiskSpec("01B3", DiskKind.VDISK, 64 * M, Access.RW),
@@ -219,6 +220,6 @@ PAPER_LAYOUT = Layout(
         DiskSpec("01B5", DiskKind.FS, 128 * M, Access.RW, "/local", "ext4"),
         DiskSpec("01B6", DiskKind.FS, 512 * M, Access.RW, "/var", "ext4"),
         DiskSpec("01B7", DiskKind.FS, 1536 * M, Access.RO, "/usr", "ext2"),
-        DiskSpec("01B8", DiskKind.FS, 64 * M, Access.RO, "/opt", "ext2"),
+        DiskSpec("01B8", DiskKind.FS, 128 * M, Access.RO, "/opt", "ext2"),
     )
 )

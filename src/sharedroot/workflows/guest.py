@@ -43,7 +43,15 @@ def start(
 
         def logon() -> dict[str, object]:
             site.hv.start(guest, request)
-            return {"guest": guest, "started": True}
+            memory = site.hv.memory_map(guest)
+            if memory:
+                ui.step(
+                    "gold as memory: "
+                    + "; ".join(
+                        f"{a} {'mapped (DAX)' if h == 'dax' else h}" for a, h in memory.items()
+                    )
+                )
+            return {"guest": guest, "started": True, "memory_map": memory}
 
         step = Step(f"LOGON {guest} and IPL {request.boot_address}", logon)
         outcome = perform(site, ui, opts, "start", {"guest": guest}, [step])

@@ -105,7 +105,7 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
                 "read-only" if ro == "1" else f"ro={ro or '?'}",
             )
         )
-    for address in site.hv.memory_mapped(guest):
+    for address in (a for a, how in site.hv.memory_map(guest).items() if how == "dax"):
         mount = site.config.layout.get(address).mount or "/"
         # the device under the mount is persistent memory the kernel can map (DAX), and
         # the gold's files carry the flag that makes ext4 use it (dax=inode)

@@ -407,8 +407,8 @@ class ZvmBackend:
     def access_files(self) -> dict[str, str]:
         return {AUTHORIZED_KEYS: guestlink.site_key(self.home)}
 
-    def memory_mapped(self, guest: str) -> tuple[str, ...]:
-        return ()  # the paper's DCSS variant is not built: every disk is a minidisk
+    def memory_map(self, guest: str) -> dict[str, str]:
+        return {}  # the paper's DCSS variant is not built: every disk is a minidisk
 
     def start(self, guest: str, request: StartRequest) -> None:
         found = self.query(guest)
