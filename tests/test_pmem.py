@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from sharedroot.guestos import pmem
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.ipl import BootConfig
 from sharedroot.hypervisor.local import _memory_map
-from sharedroot.hypervisor.qemu import cmdline
+from sharedroot.hypervisor.qemu import accel, cmdline
 from sharedroot.model.layout import PAPER_LAYOUT, pmem_slots
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need root")
@@ -116,3 +117,9 @@ def test_only_ready_aligned_read_only_disks_are_mapped(tmp_path: Path) -> None:
     assert off["01B1"] == "virtio-blk: the site's dax setting is off"
     s390 = BootConfig("k", "i", "ro", arch="s390x", dax="01B1:19")
     assert _memory_map(drives, s390, on) == {}
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64")
+def test_the_host_qemu_is_asked_for_the_device() -> None:
+    assert accel.has_device("virtio-pmem-pci")
+    assert not accel.has_device("virtio-pmem-pci-nonexistent")

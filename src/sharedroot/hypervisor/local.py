@@ -76,6 +76,8 @@ def _memory_map(
         size = d.path.stat().st_size
         if not request.dax:
             out[d.address] = "virtio-blk: the site's dax setting is off"
+        elif not accel.has_device("virtio-pmem-pci"):
+            out[d.address] = "virtio-blk: this host's QEMU has no virtio-pmem-pci"
         elif size % PMEM_ALIGN:
             out[d.address] = f"virtio-blk: {size >> 20} MiB is not a multiple of 128 MiB"
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import struct
@@ -107,6 +108,16 @@ def accel_works(accel: str, kernel: Path, timeout: float = 10) -> bool:
         except CommandError:  # timed out: KVM hangs on what it cannot run
             return False
         return proc.returncode == 0 and b"sharedroot-accel-probe-ok" in log.read_bytes()
+
+
+@functools.cache
+def has_device(device: str, arch: str = "amd64") -> bool:
+    """Whether this host's QEMU for `arch` offers `device` (e.g. virtio-pmem-pci)."""
+    try:
+        out = run([machine(arch).binary, "-device", "help"], check=False, timeout=30).stdout
+    except (CommandError, OSError):
+        return False
+    return f'name "{device}"' in out
 
 
 def _qemu_version() -> str:
