@@ -49,10 +49,17 @@ class ArgumentParser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         words = list(args) if args is not None else None
         if self.trailing is None or words is None or "--" not in words:
-            return super().parse_known_args(words, namespace)
-        cut = words.index("--")
-        parsed, extras = super().parse_known_args(words[:cut], namespace)
-        setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
+            parsed, extras = super().parse_known_args(words, namespace)
+        else:
+            cut = words.index("--")
+            parsed, extras = super().parse_known_args(words[:cut], namespace)
+            setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
+        # Rules on combinations of arguments that argparse cannot state (a usage error too).
+        combination: Callable[[argparse.Namespace], None] | None = getattr(
+            parsed, "combination", None
+        )
+        if combination is not None:
+            combination(parsed)
         return parsed, extras
 
 
@@ -106,6 +113,27 @@ def netmask(text: str) -> int:
     if prefix < 1:  # 0.0.0.0 parses, but leaves the guest no network of its own
         raise argparse.ArgumentTypeError(f"netmask {text!r}: the prefix must be 1 to 32")
     return prefix
+
+
+def _guests_or_file(args: argparse.Namespace) -> None:
+    """GUEST... or --from FILE (define, clonero), never both, one of them always."""
+    if args.from_file is not None and args.guests:
+        raise UsageError("give guests or --from FILE, not both")
+    if args.from_file is None and not args.guests:
+        raise UsageError("the following arguments are required: guest (or --from FILE)")
+
+
+def _define_combination(args: argparse.Namespace) -> None:
+    _guests_or_file(args)
+    single = [args.hostname, args.ip, args.netmask, args.gateway, args.nameserver]
+    given = any(v is not None for v in single)
+    if args.from_file is not None:
+        if args.rw or args.ro or given:
+            raise UsageError("--from FILE: the file gives each guest's kind and identity")
+    elif not (args.rw or args.ro):
+        raise UsageError("one of the arguments --rw --ro is required")
+    elif len(args.guests) > 1 and given:
+        raise UsageError("--hostname, --ip, ... name one guest; use --from FILE for several")
 
 
 DESCRIPTION = """\
@@ -269,20 +297,34 @@ def build_parser() -> ArgumentParser:
     p = add(
         "define",
         c.cmd_define,
-        "define a clone guest (its USER DIRECT entry): its disks, its RR link to the admin"
-        " disk (CMSCLONE 192 as 191) and its parm file (PARM-S10), which boot.findself reads"
-        " at first boot",
+        "define clone guests (their USER DIRECT entries): disks, the RR link to the admin"
+        " disk (CMSCLONE 192 as 191) and the parm file (PARM-S10), which boot.findself reads"
+        " at first boot; several at once by name or from a file, the admin disk written once",
     )
-    guest_arg(p, "the new guest (z/VM user ID, e.g. LNX226)")
-    kind = p.add_mutually_exclusive_group(required=True)
+    p.add_argument(
+        "guests",
+        nargs="*",
+        type=guest,
+        metavar="GUEST",
+        help="the new guests (z/VM user IDs, e.g. LNX226): 1-8 of A-Z 0-9 @ # $",
+    )
+    kind = p.add_mutually_exclusive_group()
     kind.add_argument("--rw", action="store_true", help="read-write clone (a full copy, CLONERW)")
     kind.add_argument(
         "--ro",
         action="store_true",
         help="read-only clone (links the gold RR through profile S10DFLT, CLONERO)",
     )
-    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=)")
-    p.add_argument("--ip", help="IPv4 address (parm file HostIP=)")
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="define the guests listed in FILE, one a line: GUEST ro|rw HOSTNAME|- IP|-"
+        " [gateway=G] [netmask=M] [nameserver=N]; # starts a comment. Every line is checked"
+        " first: a bad one refuses the whole file, naming its line",
+    )
+    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=; one guest only)")
+    p.add_argument("--ip", help="IPv4 address (parm file HostIP=; one guest only)")
     p.add_argument(
         "--netmask",
         type=netmask,
@@ -291,6 +333,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
     p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
+    p.set_defaults(combination=_define_combination)
     _writer_flags(p, confirm=False)
 
     for name, fn, help, aliases in (
@@ -427,7 +470,21 @@ def build_parser() -> ArgumentParser:
         " gold slot (CURGOLD), LINK the rest RR as profile S10DFLT does (CLONERO EXEC)",
         ["clone-ro"],
     )
-    guest_arg(p, "a guest defined with --ro")
+    p.add_argument(
+        "guests",
+        nargs="*",
+        type=guest,
+        metavar="GUEST",
+        help="guests defined with --ro: 1-8 of A-Z 0-9 @ # $ (several: one site lock, one"
+        " question)",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="clone the read-only guests of a `define --from` file",
+    )
+    p.set_defaults(combination=_guests_or_file)
     _writer_flags(p)
 
     p = add(

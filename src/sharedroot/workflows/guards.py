@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sharedroot.errors import RefusedError
+from sharedroot.model.layout import ADMIN_LINK_ADDRESS
 from sharedroot.model.types import GuestState, Role
 from sharedroot.workflows.attach import disk_hash
 from sharedroot.workflows.context import Site
@@ -80,6 +81,24 @@ def complete(site: Site, guest: str, use: str) -> None:
         f" its disks, which may be part old, part new; it cannot be used as {use} until"
         f" `{rerun_hint(site, row.operation, row.op)}` is rerun"
     )
+
+
+def awaits_clone(site: Site, guest: str) -> bool:
+    """A read-only clone defined but never cloned: its private disks are still blank,
+    and it links nothing of a gold slot yet (only the admin disk)."""
+    row = site.state.guest(guest)
+    if row is None or row.role is not Role.RO_CLONE:
+        return False
+    return all(lk.address == ADMIN_LINK_ADDRESS for lk in site.state.links(guest))
+
+
+def cloned(site: Site, guest: str) -> None:
+    """Refuse to start a read-only clone that clonero has not filled yet."""
+    if awaits_clone(site, guest):
+        raise RefusedError(
+            f"{guest} has not been cloned yet (its private disks are blank);"
+            f" run `sharedroot clonero {guest}` first"
+        )
 
 
 def defined(site: Site, guest: str) -> None:
