@@ -70,7 +70,8 @@ class Hypervisor(Protocol):
     ) -> DiskRow:
         """Define a disk and give it an empty filesystem (or swap signature).
 
-        With `blank`, the disk is only defined (zeros): for a disk a copy fills next.
+        With `blank`, no filesystem: for a disk a copy fills next (on z/VM still
+        low-level formatted, so Linux can write it).
         """
         ...
 

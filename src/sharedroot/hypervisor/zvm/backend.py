@@ -185,11 +185,14 @@ class ZvmBackend:
         self.cache.forget(guest)
         row = DiskRow(guest, address, kind, fs, cylinders * CYLINDER, Cache.file(guest, address))
         self.cache.put_disk(row)
-        if not blank and (kind is DiskKind.SWAP or fs is not None):
+        if kind is DiskKind.SWAP or fs is not None:
             with self.worker.linked(guest, address, write=True) as alias:
                 self.worker.enable(alias)
+                # Low-level formatted even when `blank`: Linux writes (the dd fallback of
+                # a copy) only to a formatted ECKD disk.
                 part = devices.format_eckd(alias)
-                devices.make_filesystem(part, kind, fs)
+                if not blank:
+                    devices.make_filesystem(part, kind, fs)
         return row
 
     def remove_disk(self, guest: str, address: str) -> None:
