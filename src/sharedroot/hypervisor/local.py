@@ -412,7 +412,8 @@ class LocalBackend:
         for guest, text in parms.items():
             path = files / f"{guest}.PARM-S10"
             if text is None:
-                path.unlink(missing_ok=True)
+                if path.is_file() or path.is_symlink():  # anything else is not ours to remove
+                    path.unlink()
                 continue
             tmp = files / f".{guest}.PARM-S10.tmp"
             tmp.write_text(text)
