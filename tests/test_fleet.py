@@ -337,6 +337,10 @@ def test_a_batch_killed_midway_is_rerun(fleet_home: Path, cli: Callable[..., Ran
     assert site.killed(3, "define", "--from", str(fleet)) == "interrupted"
     half = incomplete(fleet_home, cli)
     assert half and set(half.values()) == {"define"} and set(half) <= set(names)
+    rows = ok(cli("guests", "--json")).json()
+    assert {g["incomplete"]["rerun"] for g in rows if g["incomplete"]} == {
+        "sharedroot define --from FILE (the same guests)"
+    }
     refused = cli("clonero", next(iter(half)), "--yes")
     assert refused.code == 1 and "its define" in refused.err
     ok(cli("define", "--from", str(fleet)))  # the interrupted ones are redone

@@ -66,6 +66,8 @@ def rerun_hint(site: Site, operation: str, op: int | None) -> str:
     words = ["sharedroot", operation]
     if "guest" in args:
         words.append(str(args["guest"]))
+    elif "guests" in args:  # a batch: its file is not recorded, its guests are
+        words.append("--from FILE (the same guests)")
     if "slot" in args:
         words += ["--slot", str(args["slot"])]
     return " ".join(words)
@@ -107,7 +109,8 @@ def defined(site: Site, guest: str) -> None:
     if row is not None and row.operation == "define":
         raise RefusedError(
             f"{guest} is incomplete: its define (journal #{row.op}) did not finish; rerun"
-            f" `sharedroot define {guest} ...` with the same options, or delete it"
+            f" `sharedroot define {guest} ...` with the same options (or the same"
+            " `define --from` file), or delete it"
         )
 
 
