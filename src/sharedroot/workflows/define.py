@@ -71,10 +71,14 @@ def define_many(site: Site, ui: UI, opts: Options, batch: Sequence[Definition]) 
         # Parm files a redone guest had and its new definition has not go too.
         parms: dict[str, str | None] = {g: None for g in sorted(redo)} | dict(texts)
         if parms:
-            who = "s for " + ", ".join(parms) if len(parms) <= 3 else f"s of {len(parms)} guests"
+            who = (
+                f"file{'s' if len(parms) > 1 else ''} for {', '.join(parms)}"
+                if len(parms) <= 3
+                else f"files of {len(parms)} guests"
+            )
             steps.append(
                 Step(
-                    f"write the PARM-S10 file{who} on {admin} {ADMIN_OWN_ADDRESS}",
+                    f"write the PARM-S10 {who} on {admin} {ADMIN_OWN_ADDRESS}",
                     lambda: site.hv.put_parms(parms),
                 )
             )
