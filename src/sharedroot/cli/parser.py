@@ -1,4 +1,5 @@
-"""The command line's grammar: argparse built from the commands, with checked argument types.
+"""The command line's grammar: argparse built from the commands, with checked argument types
+(sharedroot.cli.argtypes).
 
 Every malformed argument ends in a UsageError with one line naming the option, the value
 and the rule; main() prints it (as JSON with --json) and exits 2.
@@ -7,28 +8,25 @@ and the rule; main() prints it (as JSON with --json) and exits 2.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from sharedroot.cli import commands as c
-from sharedroot.errors import InputError
-from sharedroot.model.parm import check_netmask
-from sharedroot.model.types import guest_name
+from sharedroot.cli.argtypes import (
+    MAX_TIMEOUT,
+    UsageError,
+    define_combination,
+    guest,
+    guests_or_file,
+    netmask,
+    seconds,
+    whole,
+)
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
 
-MAX_TIMEOUT = 86400.0  # a day: longer is a typo, and time.monotonic() arithmetic stays sane
 MAX_PARALLEL = 64
 MAX_SLOT = 999  # the site's own range (gold_slots) is checked when the store is open
-
-_WHOLE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() takes "1_0" and other scripts
-_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]*)?|\.[0-9]+")
-
-
-class UsageError(InputError):
-    """The command line itself is malformed (exit 2, with a pointer to --help)."""
 
 
 class VersionRequested(Exception):
@@ -71,69 +69,6 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise VersionRequested
-
-
-def whole(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from lo to hi, written in plain digits."""
-
-    def parse(text: str) -> int:
-        if not _WHOLE.fullmatch(text) or not lo <= int(text) <= hi:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a whole number from {lo} to {hi:_}".replace("_", ",")
-            )
-        return int(text)
-
-    return parse
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds up to a day."""
-    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
-    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}"
-        )
-    return value
-
-
-def guest(text: str) -> str:
-    """An argparse type: a z/VM user ID, upper-cased; checked before the store is opened."""
-    try:
-        return guest_name(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def netmask(text: str) -> int:
-    """An argparse type: a dotted netmask or prefix length, as a prefix length 1-32."""
-    try:
-        prefix = check_netmask(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if prefix < 1:  # 0.0.0.0 parses, but leaves the guest no network of its own
-        raise argparse.ArgumentTypeError(f"netmask {text!r}: the prefix must be 1 to 32")
-    return prefix
-
-
-def _guests_or_file(args: argparse.Namespace) -> None:
-    """GUEST... or --from FILE (define, clonero), never both, one of them always."""
-    if args.from_file is not None and args.guests:
-        raise UsageError("give guests or --from FILE, not both")
-    if args.from_file is None and not args.guests:
-        raise UsageError("the following arguments are required: guest (or --from FILE)")
-
-
-def _define_combination(args: argparse.Namespace) -> None:
-    _guests_or_file(args)
-    single = [args.hostname, args.ip, args.netmask, args.gateway, args.nameserver]
-    given = any(v is not None for v in single)
-    if args.from_file is not None:
-        if args.rw or args.ro or given:
-            raise UsageError("--from FILE: the file gives each guest's kind and identity")
-    elif not (args.rw or args.ro):
-        raise UsageError("one of the arguments --rw --ro is required")
-    elif len(args.guests) > 1 and given:
-        raise UsageError("--hostname, --ip, ... name one guest; use --from FILE for several")
 
 
 DESCRIPTION = """\
@@ -333,7 +268,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
     p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
-    p.set_defaults(combination=_define_combination)
+    p.set_defaults(combination=define_combination)
     _writer_flags(p, confirm=False)
 
     for name, fn, help, aliases in (
@@ -484,7 +419,7 @@ def build_parser() -> ArgumentParser:
         metavar="FILE",
         help="clone the read-only guests of a `define --from` file",
     )
-    p.set_defaults(combination=_guests_or_file)
+    p.set_defaults(combination=guests_or_file)
     _writer_flags(p)
 
     p = add(
