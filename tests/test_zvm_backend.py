@@ -307,6 +307,8 @@ def test_parm_files_on_the_admin_disk(zvm: Zvm) -> None:
         hv.remove_parm("LNX227")
         out["gone"] = hv.get_parm("LNX227")
         out["other"] = hv.get_parm("LNX242")
+        hv.put_parms({"LNX243": "HostIP=10.0.0.43 Hostname=lnx243\\n", "LNX242": None})
+        out["batch"] = [hv.get_parm("LNX243"), hv.get_parm("LNX242")]
         out["left"] = sorted(v for v in cp.dasd() if v.startswith("F"))
         """
     )
@@ -314,6 +316,7 @@ def test_parm_files_on_the_admin_disk(zvm: Zvm) -> None:
     assert out["read"] == "HostIP=10.0.0.27 Hostname=lnx227\n"
     assert out["gone"] is None
     assert out["other"] == "HostIP=10.0.0.42 Hostname=lnx242\n"
+    assert out["batch"] == ["HostIP=10.0.0.43 Hostname=lnx243\n", None]
     assert out["left"] == []
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from sharedroot.cli.render import Result, outcome, table
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
-from sharedroot.model.parm import Identity, check_hostname, check_ipv4
+from sharedroot.model import fleetfile
 from sharedroot.model.types import Role, parse_size
 from sharedroot.store.config import SITE_FILE, load_config, make_config
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
@@ -38,6 +38,7 @@ from sharedroot.workflows.context import Options, Outcome, Site, resolve_home
 from sharedroot.workflows.site import init_site
 
 Handler = Callable[[argparse.Namespace], Result]
+MAX_GUEST_FILE = 16 << 20  # a line is under 200 bytes: room for far more guests than a site has
 
 
 def _ui(args: argparse.Namespace) -> TerminalUI:
@@ -117,6 +118,8 @@ def cmd_guests(args: argparse.Namespace) -> Result:
         state = "logged on" if g["state"] == "logged_on" else "logged off"
         if g["incomplete"]:  # a disk set half written: say how to finish it
             state += f", INCOMPLETE (rerun: {g['incomplete']['rerun']})"
+        elif g["cloned"] is False:
+            state += f", NOT CLONED (run: sharedroot clonero {g['name']})"
         disks = " ".join(d["address"] for d in g["disks"])
         links = " ".join(
             f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
@@ -154,24 +157,32 @@ def cmd_linked(args: argparse.Namespace) -> Result:
     return Result(facts, render)
 
 
+def _guest_file(name: str) -> tuple[fleetfile.Definition, ...]:
+    """The guests of a `--from` file, every line checked (exit 2 naming the line)."""
+    path = Path(name)
+    try:
+        if path.stat().st_size > MAX_GUEST_FILE:
+            raise InputError(f"--from {name}: larger than {MAX_GUEST_FILE} bytes")
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise InputError(f"--from {name}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--from {name}: not UTF-8 text") from None
+    return fleetfile.parse(text, name)
+
+
 def cmd_define(args: argparse.Namespace) -> Result:
-    role = Role.RW_CLONE if args.rw else Role.RO_CLONE
-    identity = None
-    given = [args.hostname, args.ip]
-    if any(given) and not all(given):
-        raise InputError("--hostname and --ip go together")
-    if args.hostname and args.ip:
-        identity = Identity(
-            hostname=check_hostname(args.hostname),
-            ip=check_ipv4(args.ip, "--ip"),
-            prefix=24 if args.netmask is None else args.netmask,
-            gateway=check_ipv4(args.gateway, "--gateway") if args.gateway else None,
-            nameserver=check_ipv4(args.nameserver, "--nameserver") if args.nameserver else None,
+    # The combinations of arguments were checked by the parser.
+    if args.from_file is not None:
+        batch = _guest_file(args.from_file)
+    else:
+        role = Role.RW_CLONE if args.rw else Role.RO_CLONE
+        found = fleetfile.identity(
+            args.hostname, args.ip, args.netmask, args.gateway, args.nameserver, option="--"
         )
-    elif args.netmask not in (None, 24) or args.gateway or args.nameserver:
-        raise InputError("--netmask, --gateway and --nameserver need --hostname and --ip")
+        batch = tuple(fleetfile.Definition(g, role, found) for g in args.guests)
     site = _site(args)
-    return outcome(define.define(site, _ui(args), _opts(args), args.guest, role, identity))
+    return outcome(define.define_many(site, _ui(args), _opts(args), batch))
 
 
 def copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Handler:
@@ -265,7 +276,12 @@ def cmd_ro2gold(args: argparse.Namespace) -> Result:
 
 
 def cmd_clonero(args: argparse.Namespace) -> Result:
-    return outcome(clones.clonero(_site(args), _ui(args), _opts(args), args.guest))
+    guests = list(args.guests)
+    if args.from_file is not None:
+        guests = fleetfile.guests_of(_guest_file(args.from_file), Role.RO_CLONE)
+        if not guests:
+            raise InputError(f"--from {args.from_file}: no read-only (ro) guests in it")
+    return outcome(clones.clonero_many(_site(args), _ui(args), _opts(args), guests))
 
 
 def cmd_verify(args: argparse.Namespace) -> Result:

@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.console import Console
 
 import sharedroot
-from sharedroot.cli.parser import UsageError, VersionRequested, build_parser
+from sharedroot.cli.argtypes import UsageError
+from sharedroot.cli.parser import VersionRequested, build_parser
 from sharedroot.cli.render import Result
 from sharedroot.errors import SharedrootError
 from sharedroot.store.state import STATE_FILE

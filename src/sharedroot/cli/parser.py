@@ -1,4 +1,5 @@
-"""The command line's grammar: argparse built from the commands, with checked argument types.
+"""The command line's grammar: argparse built from the commands, with checked argument types
+(sharedroot.cli.argtypes).
 
 Every malformed argument ends in a UsageError with one line naming the option, the value
 and the rule; main() prints it (as JSON with --json) and exits 2.
@@ -7,28 +8,25 @@ and the rule; main() prints it (as JSON with --json) and exits 2.
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from sharedroot.cli import commands as c
-from sharedroot.errors import InputError
-from sharedroot.model.parm import check_netmask
-from sharedroot.model.types import guest_name
+from sharedroot.cli.argtypes import (
+    MAX_TIMEOUT,
+    UsageError,
+    define_combination,
+    guest,
+    guests_or_file,
+    netmask,
+    seconds,
+    whole,
+)
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
 
-MAX_TIMEOUT = 86400.0  # a day: longer is a typo, and time.monotonic() arithmetic stays sane
 MAX_PARALLEL = 64
 MAX_SLOT = 999  # the site's own range (gold_slots) is checked when the store is open
-
-_WHOLE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() takes "1_0" and other scripts
-_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]*)?|\.[0-9]+")
-
-
-class UsageError(InputError):
-    """The command line itself is malformed (exit 2, with a pointer to --help)."""
 
 
 class VersionRequested(Exception):
@@ -49,10 +47,17 @@ class ArgumentParser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         words = list(args) if args is not None else None
         if self.trailing is None or words is None or "--" not in words:
-            return super().parse_known_args(words, namespace)
-        cut = words.index("--")
-        parsed, extras = super().parse_known_args(words[:cut], namespace)
-        setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
+            parsed, extras = super().parse_known_args(words, namespace)
+        else:
+            cut = words.index("--")
+            parsed, extras = super().parse_known_args(words[:cut], namespace)
+            setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
+        # Rules on combinations of arguments that argparse cannot state (a usage error too).
+        combination: Callable[[argparse.Namespace], None] | None = getattr(
+            parsed, "combination", None
+        )
+        if combination is not None:
+            combination(parsed)
         return parsed, extras
 
 
@@ -64,48 +69,6 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise VersionRequested
-
-
-def whole(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from lo to hi, written in plain digits."""
-
-    def parse(text: str) -> int:
-        if not _WHOLE.fullmatch(text) or not lo <= int(text) <= hi:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a whole number from {lo} to {hi:_}".replace("_", ",")
-            )
-        return int(text)
-
-    return parse
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds up to a day."""
-    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
-    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}"
-        )
-    return value
-
-
-def guest(text: str) -> str:
-    """An argparse type: a z/VM user ID, upper-cased; checked before the store is opened."""
-    try:
-        return guest_name(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def netmask(text: str) -> int:
-    """An argparse type: a dotted netmask or prefix length, as a prefix length 1-32."""
-    try:
-        prefix = check_netmask(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if prefix < 1:  # 0.0.0.0 parses, but leaves the guest no network of its own
-        raise argparse.ArgumentTypeError(f"netmask {text!r}: the prefix must be 1 to 32")
-    return prefix
 
 
 DESCRIPTION = """\
@@ -269,20 +232,34 @@ def build_parser() -> ArgumentParser:
     p = add(
         "define",
         c.cmd_define,
-        "define a clone guest (its USER DIRECT entry): its disks, its RR link to the admin"
-        " disk (CMSCLONE 192 as 191) and its parm file (PARM-S10), which boot.findself reads"
-        " at first boot",
+        "define clone guests (their USER DIRECT entries): disks, the RR link to the admin"
+        " disk (CMSCLONE 192 as 191) and the parm file (PARM-S10), which boot.findself reads"
+        " at first boot; several at once by name or from a file, the admin disk written once",
     )
-    guest_arg(p, "the new guest (z/VM user ID, e.g. LNX226)")
-    kind = p.add_mutually_exclusive_group(required=True)
+    p.add_argument(
+        "guests",
+        nargs="*",
+        type=guest,
+        metavar="GUEST",
+        help="the new guests (z/VM user IDs, e.g. LNX226): 1-8 of A-Z 0-9 @ # $",
+    )
+    kind = p.add_mutually_exclusive_group()
     kind.add_argument("--rw", action="store_true", help="read-write clone (a full copy, CLONERW)")
     kind.add_argument(
         "--ro",
         action="store_true",
         help="read-only clone (links the gold RR through profile S10DFLT, CLONERO)",
     )
-    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=)")
-    p.add_argument("--ip", help="IPv4 address (parm file HostIP=)")
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="define the guests listed in FILE, one a line: GUEST ro|rw HOSTNAME|- IP|-"
+        " [gateway=G] [netmask=M] [nameserver=N]; # starts a comment. Every line is checked"
+        " first: a bad one refuses the whole file, naming its line",
+    )
+    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=; one guest only)")
+    p.add_argument("--ip", help="IPv4 address (parm file HostIP=; one guest only)")
     p.add_argument(
         "--netmask",
         type=netmask,
@@ -291,6 +268,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
     p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
+    p.set_defaults(combination=define_combination)
     _writer_flags(p, confirm=False)
 
     for name, fn, help, aliases in (
@@ -427,7 +405,21 @@ def build_parser() -> ArgumentParser:
         " gold slot (CURGOLD), LINK the rest RR as profile S10DFLT does (CLONERO EXEC)",
         ["clone-ro"],
     )
-    guest_arg(p, "a guest defined with --ro")
+    p.add_argument(
+        "guests",
+        nargs="*",
+        type=guest,
+        metavar="GUEST",
+        help="guests defined with --ro: 1-8 of A-Z 0-9 @ # $ (several: one site lock, one"
+        " question)",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="clone the read-only guests of a `define --from` file",
+    )
+    p.set_defaults(combination=guests_or_file)
     _writer_flags(p)
 
     p = add(

@@ -8,7 +8,7 @@ it needs it (`attach`), and a backend fills or copies it its own way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +60,20 @@ class Hypervisor(Protocol):
 
     # disks and links ------------------------------------------------------------
     def add_disk(
-        self, guest: str, address: str, kind: DiskKind, size: int, fs: str | None
+        self,
+        guest: str,
+        address: str,
+        kind: DiskKind,
+        size: int,
+        fs: str | None,
+        *,
+        blank: bool = False,
     ) -> DiskRow:
-        """Define a disk and give it an empty filesystem (or swap signature)."""
+        """Define a disk and give it an empty filesystem (or swap signature).
+
+        With `blank`, no filesystem: for a disk a copy fills next (on z/VM still
+        low-level formatted, so Linux can write it).
+        """
         ...
 
     def remove_disk(self, guest: str, address: str) -> None: ...
@@ -139,6 +150,11 @@ class Hypervisor(Protocol):
     # the admin disk ---------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:
         """Write a guest's parm file onto the admin disk (CMSCLONE 0192)."""
+        ...
+
+    def put_parms(self, parms: Mapping[str, str | None]) -> None:
+        """Write (text) or remove (None) several guests' parm files: the admin disk is
+        written once for all of them (a batch of `define`s)."""
         ...
 
     def get_parm(self, guest: str) -> str | None: ...

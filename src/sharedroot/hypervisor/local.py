@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -188,13 +188,24 @@ class LocalBackend:
 
     # disks ------------------------------------------------------------------
     def add_disk(
-        self, guest: str, address: str, kind: DiskKind, size: int, fs: str | None
+        self,
+        guest: str,
+        address: str,
+        kind: DiskKind,
+        size: int,
+        fs: str | None,
+        *,
+        blank: bool = False,
     ) -> DiskRow:
         self._require_guest(guest)
         self._require_free_address(guest, address)
         path = self.image_path(guest, address)
         path.parent.mkdir(parents=True, exist_ok=True)
-        make_filesystem(path, kind, size, fs)
+        if blank:  # a hole of the disk's size: nothing allocated until a copy fills it
+            with open(path, "wb") as f:
+                f.truncate(size)
+        else:
+            make_filesystem(path, kind, size, fs)
         row = DiskRow(guest, address, kind, fs, size, str(path.relative_to(self.home)))
         self.state.add_disk(row)
         return row
@@ -434,16 +445,24 @@ class LocalBackend:
 
     # admin disk -------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:
+        self.put_parms({guest: text})
+
+    def put_parms(self, parms: Mapping[str, str | None]) -> None:
         files = self._admin_files()
         files.mkdir(parents=True, exist_ok=True)
-        tmp = files / f".{guest}.PARM-S10.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, files / f"{guest}.PARM-S10")
-        self._rebuild_admin_disk()
+        for guest, text in parms.items():
+            path = files / f"{guest}.PARM-S10"
+            if text is None:
+                if path.is_file() or path.is_symlink():  # anything else is not ours to remove
+                    path.unlink()
+                continue
+            tmp = files / f".{guest}.PARM-S10.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        self._rebuild_admin_disk()  # once for all of them
 
     def remove_parm(self, guest: str) -> None:
-        (self._admin_files() / f"{guest}.PARM-S10").unlink(missing_ok=True)
-        self._rebuild_admin_disk()
+        self.put_parms({guest: None})
 
     def get_parm(self, guest: str) -> str | None:
         path = self._admin_files() / f"{guest}.PARM-S10"

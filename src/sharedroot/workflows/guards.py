@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sharedroot.errors import RefusedError
+from sharedroot.model.layout import ADMIN_LINK_ADDRESS
 from sharedroot.model.types import GuestState, Role
 from sharedroot.workflows.attach import disk_hash
 from sharedroot.workflows.context import Site
@@ -65,6 +66,8 @@ def rerun_hint(site: Site, operation: str, op: int | None) -> str:
     words = ["sharedroot", operation]
     if "guest" in args:
         words.append(str(args["guest"]))
+    elif "guests" in args:  # a batch: its file is not recorded, its guests are
+        words.append("--from FILE (the same guests)")
     if "slot" in args:
         words += ["--slot", str(args["slot"])]
     return " ".join(words)
@@ -82,13 +85,32 @@ def complete(site: Site, guest: str, use: str) -> None:
     )
 
 
+def awaits_clone(site: Site, guest: str) -> bool:
+    """A read-only clone defined but never cloned: its private disks are still blank,
+    and it links nothing of a gold slot yet (only the admin disk)."""
+    row = site.state.guest(guest)
+    if row is None or row.role is not Role.RO_CLONE:
+        return False
+    return all(lk.address == ADMIN_LINK_ADDRESS for lk in site.state.links(guest))
+
+
+def cloned(site: Site, guest: str) -> None:
+    """Refuse to start a read-only clone that clonero has not filled yet."""
+    if awaits_clone(site, guest):
+        raise RefusedError(
+            f"{guest} has not been cloned yet (its private disks are blank);"
+            f" run `sharedroot clonero {guest}` first"
+        )
+
+
 def defined(site: Site, guest: str) -> None:
     """Refuse a guest whose definition was cut short (rerun define first)."""
     row = site.state.incomplete().get(guest)
     if row is not None and row.operation == "define":
         raise RefusedError(
             f"{guest} is incomplete: its define (journal #{row.op}) did not finish; rerun"
-            f" `sharedroot define {guest} ...` with the same options, or delete it"
+            f" `sharedroot define {guest} ...` with the same options (or the same"
+            " `define --from` file), or delete it"
         )
 
 

@@ -39,6 +39,7 @@ def start(
         if not opts.dry_run:
             recover(site, ui, guest)  # a migrate killed half-way is finished first
         guards.complete(site, guest, "a guest to start")
+        guards.cloned(site, guest)
         guards.devices_present(site, guest)
 
         def logon() -> dict[str, object]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sharedroot.model.layout import gold_ro_address
-from sharedroot.model.types import GuestState
+from sharedroot.model.layout import ADMIN_LINK_ADDRESS, gold_ro_address
+from sharedroot.model.types import GuestState, Role
 from sharedroot.store.rows import LinkRow
 from sharedroot.workflows.context import Site
 from sharedroot.workflows.guards import rerun_hint
@@ -45,6 +45,10 @@ def _guests(site: Site) -> list[dict[str, Any]]:
                 "state": state.value,
                 "disks": disks.get(g.name, []),
                 "links": links.get(g.name, []),
+                # A read-only clone that clonero has not filled yet (blank private disks).
+                "cloned": None
+                if g.role is not Role.RO_CLONE
+                else any(lk["address"] != ADMIN_LINK_ADDRESS for lk in links.get(g.name, [])),
                 "incomplete": None
                 if half is None
                 else {

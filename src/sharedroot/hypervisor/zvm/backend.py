@@ -13,7 +13,7 @@ import secrets
 import string
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -147,7 +147,14 @@ class ZvmBackend:
 
     # disks ------------------------------------------------------------------
     def add_disk(
-        self, guest: str, address: str, kind: DiskKind, size: int, fs: str | None
+        self,
+        guest: str,
+        address: str,
+        kind: DiskKind,
+        size: int,
+        fs: str | None,
+        *,
+        blank: bool = False,
     ) -> DiskRow:
         self._require_guest(guest)
         entry = self.cache.entry(guest)
@@ -181,8 +188,11 @@ class ZvmBackend:
         if kind is DiskKind.SWAP or fs is not None:
             with self.worker.linked(guest, address, write=True) as alias:
                 self.worker.enable(alias)
+                # Low-level formatted even when `blank`: Linux writes (the dd fallback of
+                # a copy) only to a formatted ECKD disk.
                 part = devices.format_eckd(alias)
-                devices.make_filesystem(part, kind, fs)
+                if not blank:
+                    devices.make_filesystem(part, kind, fs)
         return row
 
     def remove_disk(self, guest: str, address: str) -> None:
@@ -384,11 +394,21 @@ class ZvmBackend:
 
     # the admin disk ---------------------------------------------------------------
     def put_parm(self, guest: str, text: str) -> None:
+        self.put_parms({guest: text})
+
+    def put_parms(self, parms: Mapping[str, str | None]) -> None:
         cms = guestlink.cms()
+        # One LINK of the admin disk for the whole batch, whatever its size.
         with self.attach(self.config.guests.admin, ADMIN_OWN_ADDRESS, write=True) as dev:
             if not cms.is_formatted(dev):  # a fresh admin disk: no CMS label on it yet
+                if all(text is None for text in parms.values()):
+                    return  # nothing on it to remove
                 cms.format_disk(dev, label=CMS_LABEL)
-            cms.write_text(dev, userid(guest), PARM_TYPE, text)
+            for guest, text in parms.items():
+                if text is None:
+                    cms.delete_file(dev, userid(guest), PARM_TYPE)
+                else:
+                    cms.write_text(dev, userid(guest), PARM_TYPE, text)
 
     def get_parm(self, guest: str) -> str | None:
         cms = guestlink.cms()
@@ -398,10 +418,7 @@ class ZvmBackend:
             return cms.read_text(dev, userid(guest), PARM_TYPE)
 
     def remove_parm(self, guest: str) -> None:
-        cms = guestlink.cms()
-        with self.attach(self.config.guests.admin, ADMIN_OWN_ADDRESS, write=True) as dev:
-            if cms.is_formatted(dev):
-                cms.delete_file(dev, userid(guest), PARM_TYPE)
+        self.put_parms({guest: None})
 
     # LOGON, IPL, LOGOFF -------------------------------------------------------------
     def access_files(self) -> dict[str, str]:
