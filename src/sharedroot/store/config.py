@@ -24,6 +24,7 @@ from sharedroot.model.layout import (
 from sharedroot.model.types import (
     Access,
     DiskKind,
+    Switch,
     address,
     format_size,
     guest_name,
@@ -77,6 +78,7 @@ class SiteConfig:
     gold_slots: int
     distro: str
     memory_mb: int
+    ksm: Switch
     guests: PipelineGuests
     layout: Layout
     zvm: ZvmSettings = ZvmSettings()

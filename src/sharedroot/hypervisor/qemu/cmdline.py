@@ -70,6 +70,8 @@ class GuestSpec:
     cpus: int = 1  # one vCPU per guest measured best under TCG
     net: str = "user"  # "user" (slirp NAT, virtio-net) or "none"
     arch: str = "amd64"  # the kernel's Debian architecture (MACHINES)
+    balloon: bool = True  # virtio-balloon with free page reporting: freed memory goes back
+    mem_merge: bool = False  # KSM may merge the guest's memory (the site's ksm setting)
 
 
 def _opt(value: str | Path) -> str:
@@ -102,7 +104,7 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         "-display",
         "none",
         "-machine",
-        m.machine,
+        f"{m.machine},mem-merge={'on' if spec.mem_merge else 'off'}",
         "-accel",
         accel,
         # TCG: the default CPU model; "max" measured no faster and emulates more.
@@ -141,6 +143,8 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         "-device",
         f"virtio-rng-{m.bus}",  # entropy for sshd and the kernel's crng at boot
     ]
+    if spec.balloon:  # the guest reports pages it frees; QEMU drops them (CMM's analog)
+        argv += ["-device", f"virtio-balloon-{m.bus},id=balloon,free-page-reporting=on"]
     for d in spec.drives:
         drive_id = f"d{d.address}"
         devno = f",devno=fe.0.{d.address.lower()}" if m.bus == "ccw" else ""
