@@ -104,7 +104,9 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         "-display",
         "none",
         "-machine",
-        f"{m.machine},mem-merge={'on' if spec.mem_merge else 'off'}",
+        m.machine,
+        "-machine",  # QEMU merges -machine options; KSM merges pages only with mem-merge=on
+        f"mem-merge={'on' if spec.mem_merge else 'off'}",
         "-accel",
         accel,
         # TCG: the default CPU model; "max" measured no faster and emulates more.
