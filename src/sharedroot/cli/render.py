@@ -56,7 +56,8 @@ def memory_cell(g: dict[str, Any]) -> str:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:.0f}M"
+    mib = size / 2**20
+    return f"{mib:.1f}M" if mib < 10 else f"{mib:.0f}M"
 
 
 def outcome(done: Outcome) -> Result:

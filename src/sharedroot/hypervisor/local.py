@@ -388,7 +388,8 @@ class LocalBackend:
         files = {}
         for owner, address in disks:
             disk = self.state.disk(owner, address)
-            if disk is not None:
+            # Regular files only: fincore would wait forever on a FIFO in a damaged store.
+            if disk is not None and self.disk_file(disk).is_file():
                 files[self.disk_file(disk)] = (owner, address)
         return {files[p]: n for p, n in memory.page_cache(list(files)).items()}
 
