@@ -160,6 +160,18 @@ def test_guests_memory_view_without_running_qemu(
     assert "(shared)" in next(x for x in table.splitlines() if "CMSCLONE" in x)
 
 
+def test_guests_does_not_wait_on_a_fifo_in_place_of_a_linked_image(
+    site: Site, cli: Callable[..., Ran]
+) -> None:
+    image = site.home / "disks/CMSCLONE/0192.img"
+    image.unlink()
+    os.mkfifo(image)
+    ran = cli("guests", "--json")
+    assert ran.code == 0
+    rows = {g["name"]: g for g in ran.json()}  # type: ignore[union-attr]
+    assert rows["CMSCLONE"]["cached"] is None
+
+
 # ---------------------------------------------------------------- boot
 
 ALLOC = 256 * M
