@@ -70,7 +70,6 @@ class GuestSpec:
     cpus: int = 1  # one vCPU per guest measured best under TCG
     net: str = "user"  # "user" (slirp NAT, virtio-net) or "none"
     arch: str = "amd64"  # the kernel's Debian architecture (MACHINES)
-    balloon: bool = True  # virtio-balloon with free page reporting: freed memory goes back
     mem_merge: bool = False  # KSM may merge the guest's memory (the site's ksm setting)
 
 
@@ -144,9 +143,9 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         f"virtserialport,bus=vser.0,chardev=qga,name={AGENT_PORT}",
         "-device",
         f"virtio-rng-{m.bus}",  # entropy for sshd and the kernel's crng at boot
+        "-device",  # the guest reports pages it frees; QEMU drops them (CMM's analog)
+        f"virtio-balloon-{m.bus},id=balloon,free-page-reporting=on",
     ]
-    if spec.balloon:  # the guest reports pages it frees; QEMU drops them (CMM's analog)
-        argv += ["-device", f"virtio-balloon-{m.bus},id=balloon,free-page-reporting=on"]
     for d in spec.drives:
         drive_id = f"d{d.address}"
         devno = f",devno=fe.0.{d.address.lower()}" if m.bus == "ccw" else ""
