@@ -435,6 +435,7 @@ SETTINGS_BAD = [
     *(_setting("prefix", v) for v in ["S10X", "S-1", "S1\n", " S1", "S1 ", 5, "\u00c4", ["S"]]),
     *(_setting("backend", v) for v in ["LOCAL", "local\n", " local", ["local"], {"a": 1}, ""]),
     *(_setting("distro", v) for v in ["debian", "debian-bookworm\n", 12]),
+    *(_setting("ksm", v) for v in ["ON", "yes", "on\n", True, 1, ["on"]]),
 ]
 
 GUESTS_BAD: list[Any] = [
@@ -1270,6 +1271,7 @@ SITE_PATHS = [
     ("site", "prefix"),
     ("site", "gold_slots"),
     ("site", "memory_mb"),
+    ("site", "ksm"),
     ("guests", "maintenance"),
     ("guests", "gold"),
     ("disks", "01B8"),

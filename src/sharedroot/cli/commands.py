@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sharedroot.cli.render import Result, outcome, table
+from sharedroot.cli.render import Result, memory_cell, outcome, table
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
 from sharedroot.model import fleetfile
@@ -125,10 +125,11 @@ def cmd_guests(args: argparse.Namespace) -> Result:
             f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
             for lk in g["links"]
         )
-        return [g["name"], g["role"], state, disks, links]
+        return [g["name"], g["role"], state, disks, links, memory_cell(g)]
 
     def render(out: Console) -> None:
-        table(out, ["guest", "role", "state", "disks", "links"], [cells(g) for g in rows])
+        headers = ["guest", "role", "state", "disks", "links", "host memory"]
+        table(out, headers, [cells(g) for g in rows])
 
     return Result(rows, render)
 

@@ -38,6 +38,28 @@ def table(out: Console, headers: list[str], rows: list[list[str]]) -> None:
     out.file.write(text + "\n")
 
 
+def memory_cell(g: dict[str, Any]) -> str:
+    """A guest's host memory (RSS, PSS, KSM-merged, balloon); its linked disks' page cache."""
+    parts = []
+    held = g["memory"]
+    if held is not None:
+        parts += [f"RSS {_mib(held['rss'])}", f"PSS {_mib(held['pss'])}"]
+        if held["ksm"]:
+            parts.append(f"KSM {_mib(held['ksm'])}")
+        if held["balloon"] is not None:
+            parts.append(f"balloon {_mib(held['balloon'])}")
+    elif g["state"] == "logged_on":
+        parts.append("not visible")  # the backend cannot see it (z/VM), or QEMU ended
+    if g["cached"] is not None:
+        parts.append(f"page cache {_mib(g['cached'])} (shared)")
+    return ", ".join(parts)
+
+
+def _mib(size: int) -> str:
+    mib = size / 2**20
+    return f"{mib:.1f}M" if mib < 10 else f"{mib:.0f}M"
+
+
 def outcome(done: Outcome) -> Result:
     """A workflow's outcome: its copies as a table, /etc merges and changes, a last line."""
 

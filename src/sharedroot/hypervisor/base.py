@@ -27,6 +27,17 @@ class StartRequest:
     vdisks: tuple[tuple[str, int], ...] = ()  # (address, size): fresh swap at each start
     memory_mb: int = 512
     dax: bool = False  # shared gold disks as persistent memory where the gold is ready
+    ksm: bool = False  # the host's KSM may merge the guest's memory (site setting ksm)
+
+
+@dataclass(frozen=True)
+class GuestMemory:
+    """What a running guest holds of its host's memory, in bytes."""
+
+    rss: int  # resident in the host
+    pss: int  # resident, pages shared with other processes divided among them
+    ksm: int | None  # resident pages KSM merged (None: the host kernel does not say)
+    balloon: int | None  # held back from the guest by its balloon (None: no balloon)
 
 
 class Hypervisor(Protocol):
@@ -186,6 +197,17 @@ class Hypervisor(Protocol):
 
     def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         """Run a command in the running guest: exit code, stdout, stderr."""
+        ...
+
+    # memory ---------------------------------------------------------------------
+    def memory(self, guests: set[str]) -> dict[str, GuestMemory] | None:
+        """Host memory of each running guest of `guests` (one that cannot be read is left
+        out); None: the backend has no view of it (z/VM keeps its own books)."""
+        ...
+
+    def cached(self, disks: list[tuple[str, str]]) -> dict[tuple[str, str], int] | None:
+        """Bytes of each (owner, address) disk in the host's page cache, shared by every
+        guest that reads it; None: the backend has no view of it."""
         ...
 
     def console(self, guest: str, *, follow: bool = False) -> Iterator[bytes]:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from sharedroot.errors import InputError, OperationError, RefusedError, StoreError
 from sharedroot.files import regular_file, run_directory
-from sharedroot.hypervisor import cache_dir
-from sharedroot.hypervisor.base import StartRequest
+from sharedroot.hypervisor import cache_dir, ksm
+from sharedroot.hypervisor.base import GuestMemory, StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
 from sharedroot.hypervisor.ipl import BootConfig, extract_boot_files
-from sharedroot.hypervisor.qemu import accel, cmdline, control, process
+from sharedroot.hypervisor.qemu import accel, cmdline, control, memory, process
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS, PMEM_ALIGN
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.run import run
@@ -363,6 +363,8 @@ class LocalBackend:
         if boot is None:
             raise RefusedError(f"{guest} has no boot disk at {request.boot_address}")
         run_dir = self.guest_run_dir(guest)
+        if request.ksm:
+            ksm.ensure_running()
         lock = self.take_lock(guest)
         try:
             kernel, initrd, conf = extract_boot_files(boot.path, run_dir / "boot")
@@ -386,6 +388,7 @@ class LocalBackend:
                 arch=conf.arch,
                 pmem=pmem,
                 memory_mb=request.memory_mb,
+                mem_merge=request.ksm,
             )
             try:
                 process.launch(spec, lock_fd=lock)
@@ -422,6 +425,25 @@ class LocalBackend:
 
     def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         return control.agent_exec(self._running_dir(guest)[0], argv, timeout)
+
+    def memory(self, guests: set[str]) -> dict[str, GuestMemory]:
+        found = {}
+        for guest in guests:
+            run_dir = self.guest_run_dir(guest)
+            pid = process.read_pid(run_dir)
+            held = None if pid is None else memory.guest_memory(pid, run_dir / cmdline.QMP_SOCK)
+            if held is not None:
+                found[guest] = held
+        return found
+
+    def cached(self, disks: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        files = {}
+        for owner, address in disks:
+            disk = self.state.disk(owner, address)
+            # Regular files only: fincore would wait forever on a FIFO in a damaged store.
+            if disk is not None and self.disk_file(disk).is_file():
+                files[self.disk_file(disk)] = (owner, address)
+        return {files[p]: n for p, n in memory.page_cache(list(files)).items()}
 
     def console_log(self, guest: str) -> Path:
         """Where QEMU writes the guest's serial console."""

@@ -136,6 +136,13 @@ class DiskKind(StrEnum):
     VDISK = "vdisk"  # RAM-backed swap made fresh at each start (SWAPGEN)
 
 
+class Switch(StrEnum):
+    """A site feature turned on or off (site.toml says `ksm = "on"`)."""
+
+    ON = "on"
+    OFF = "off"
+
+
 class Access(StrEnum):
     """How a read-only clone gets a disk: its own copy (rw) or a link to the gold (ro)."""
 

@@ -24,6 +24,7 @@ from sharedroot.model.layout import (
 from sharedroot.model.types import (
     Access,
     DiskKind,
+    Switch,
     address,
     format_size,
     guest_name,
@@ -77,10 +78,11 @@ class SiteConfig:
     gold_slots: int
     distro: str
     memory_mb: int
+    dax: Switch
+    ksm: Switch
     guests: PipelineGuests
     layout: Layout
     zvm: ZvmSettings = ZvmSettings()
-    dax: str = "on"
 
     def slot_holder(self, slot: int) -> str:
         if not 1 <= slot <= self.gold_slots:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sharedroot.errors import InputError
-from sharedroot.model.types import shown
+from sharedroot.model.types import Switch, shown
 
 BACKENDS = ("local", "zvm")
 DISTROS = ("debian-bookworm",)
@@ -31,6 +31,10 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any, str], Any]:
 _WHOLE = re.compile(r"0|[1-9][0-9]{0,8}")
 # The longest role suffix is RWMNT/RWTST/ROGLD (5), so names stay within 8 characters.
 _PREFIX = re.compile(r"[A-Za-z0-9@#$]{0,3}")
+
+
+def _switch(value: Any, key: str) -> Switch:
+    return Switch(_choice(tuple(Switch))(value, key))
 
 
 def _int_range(lo: int, hi: int) -> Callable[[Any, str], Any]:
@@ -123,12 +127,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dax",
-        _choice(("on", "off")),
-        "on",
+        _switch,
+        Switch.ON,
         "map a read-only clone's shared gold disks as persistent memory with DAX (local"
         " backend; the paper's DCSS): one copy of the gold in host memory for all clones."
         " Used where the gold is ready for it (made by mnt2rogld) and the disk's size is a"
         " multiple of 128 MiB; other disks are attached as virtio-blk",
+        "on|off",
+    ),
+    Setting(
+        "ksm",
+        _switch,
+        Switch.OFF,
+        "on: starting a guest turns on the host's KSM (host-wide) and lets it merge the"
+        " guest's memory (local backend): memory saved for the CPU time ksmd spends",
         "on|off",
     ),
 )

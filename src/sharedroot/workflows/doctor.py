@@ -21,6 +21,7 @@ NEEDS: tuple[Need, ...] = (
     Need("debugfs", "e2fsprogs", "read the boot configuration from a guest's 01B0 disk"),
     Need("mkswap", "util-linux", "swap disks and VDISKs"),
     Need("mount", "mount", "mount a guest's disks on the worker (cloneprep, mnt2rogld)"),
+    Need("fincore", "util-linux", "the linked disks' pages in the host's page cache (guests)"),
     Need("nsenter", "util-linux", "start guests outside the command's private mount namespace"),
     Need("qemu-system-x86_64", "qemu-system-x86", "start guests (IPL)"),
     Need("qemu-img", "qemu-utils", "overlay images and the benchmarks", False),
@@ -35,7 +36,7 @@ _ZVM_PACKAGES |= {"udevadm": "udev", "smcli": "zthin (Feilong)"}
 NOT_A_PACKAGE = "z/VM"  # a directory or CP setting, not something apt installs
 
 # A z/VM worker (s390x Linux) runs no guests itself: CP does.
-_LOCAL_ONLY = ("qemu-system-x86_64", "nsenter", "debugfs")
+_LOCAL_ONLY = ("qemu-system-x86_64", "nsenter", "debugfs", "fincore")
 
 
 def doctor(backend: str = "local", zvm: ZvmSettings | None = None) -> list[dict[str, object]]:

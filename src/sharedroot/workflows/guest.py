@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from sharedroot.errors import OperationError, RefusedError
 from sharedroot.hypervisor.base import StartRequest
-from sharedroot.model.types import DiskKind, GuestState, Role
+from sharedroot.model.types import DiskKind, GuestState, Role, Switch
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 from sharedroot.workflows.relink import recover
@@ -23,7 +23,9 @@ def start_request(site: Site) -> StartRequest:
     layout = site.config.layout
     boot = next((d for d in layout if d.mount == "/boot"), layout.root)
     vdisks = tuple((d.address, d.size) for d in layout if d.kind is DiskKind.VDISK)
-    return StartRequest(boot.address, vdisks, site.config.memory_mb, site.config.dax == "on")
+    ksm = site.config.ksm is Switch.ON
+    dax = site.config.dax is Switch.ON
+    return StartRequest(boot.address, vdisks, site.config.memory_mb, dax=dax, ksm=ksm)
 
 
 def start(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from sharedroot.model.layout import ADMIN_LINK_ADDRESS, gold_ro_address
@@ -34,6 +35,13 @@ def _guests(site: Site) -> list[dict[str, Any]]:
         )
     incomplete = site.state.incomplete()
     on = site.hv.logged_on()  # one QUERY NAMES, not one QUERY per guest
+    held = site.hv.memory(on) or {}
+    # Linked disks (the gold's, the admin disk) are in the host's page cache once for
+    # all their users: counted once, on their owner's row.
+    shared = sorted({(lk.owner, lk.owner_address) for lk in site.state.links()})
+    cached: dict[str, int] = {}
+    for (owner, _), size in (site.hv.cached(shared) or {}).items():
+        cached[owner] = cached.get(owner, 0) + size
     out = []
     for g in site.state.guests():
         state = GuestState.LOGGED_ON if g.name in on else GuestState.LOGGED_OFF
@@ -49,6 +57,9 @@ def _guests(site: Site) -> list[dict[str, Any]]:
                 "cloned": None
                 if g.role is not Role.RO_CLONE
                 else any(lk["address"] != ADMIN_LINK_ADDRESS for lk in links.get(g.name, [])),
+                # None when logged off, or when the backend has no view of it (z/VM)
+                "memory": asdict(held[g.name]) if g.name in held else None,
+                "cached": cached.get(g.name),
                 "incomplete": None
                 if half is None
                 else {

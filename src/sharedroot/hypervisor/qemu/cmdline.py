@@ -85,6 +85,7 @@ class GuestSpec:
     net: str = "user"  # "user" (slirp NAT, virtio-net) or "none"
     arch: str = "amd64"  # the kernel's Debian architecture (MACHINES)
     pmem: tuple[Pmem, ...] = ()
+    mem_merge: bool = False  # KSM may merge the guest's memory (the site's ksm setting)
 
 
 def _opt(value: str | Path) -> str:
@@ -126,6 +127,8 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         "none",
         "-machine",
         m.machine,
+        "-machine",  # QEMU merges -machine options; KSM merges pages only with mem-merge=on
+        f"mem-merge={'on' if spec.mem_merge else 'off'}",
         "-accel",
         accel,
         # TCG: the default CPU model; "max" measured no faster and emulates more.
@@ -163,6 +166,8 @@ def qemu_argv(spec: GuestSpec) -> list[str]:
         f"virtserialport,bus=vser.0,chardev=qga,name={AGENT_PORT}",
         "-device",
         f"virtio-rng-{m.bus}",  # entropy for sshd and the kernel's crng at boot
+        "-device",  # the guest reports pages it frees; QEMU drops them (CMM's analog)
+        f"virtio-balloon-{m.bus},id=balloon,free-page-reporting=on",
     ]
     for d in spec.drives:
         drive_id = f"d{d.address}"

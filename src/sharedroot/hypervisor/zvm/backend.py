@@ -446,6 +446,12 @@ class ZvmBackend:
     def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         return guestlink.ssh(self.home, self._guest_ip(guest), argv, timeout)
 
+    def memory(self, guests: set[str]) -> None:
+        return None  # guests' pages are CP's: the worker cannot see them
+
+    def cached(self, disks: list[tuple[str, str]]) -> None:
+        return None
+
     def _guest_ip(self, guest: str) -> str:
         if self.query(guest) is not GuestState.LOGGED_ON:
             raise RefusedError(f"{guest} is not logged on")
