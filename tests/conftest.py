@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sharedroot.cli.main import main
-from sharedroot.hypervisor.local import make_filesystem
+from sharedroot.hypervisor.images import make_filesystem
 from sharedroot.namespace import private_mounts
 from sharedroot.workflows.context import Site
 

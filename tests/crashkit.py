@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import SHAREDROOT, sparse_hash
-from sharedroot.hypervisor.local import make_filesystem
+from sharedroot.hypervisor.images import make_filesystem
 from sharedroot.model.types import DiskKind
 
 STRAY_PATTERNS = (".*.copy-*", "*.new")

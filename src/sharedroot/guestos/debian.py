@@ -25,8 +25,8 @@ from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, find
 from sharedroot.guestos.vmlinux import extract_vmlinux
+from sharedroot.hypervisor.images import make_filesystem
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, BootConfig, render_boot_config
-from sharedroot.hypervisor.local import make_filesystem
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DeviceBus, DiskKind
 from sharedroot.run import run

@@ -17,50 +17,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from sharedroot.errors import InputError, OperationError, RefusedError, StoreError
-from sharedroot.files import regular_file, run_directory
+from sharedroot.errors import RefusedError, StoreError
+from sharedroot.files import run_directory
 from sharedroot.hypervisor import cache_dir, ksm
 from sharedroot.hypervisor.base import GuestMemory, StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress, copy_image
+from sharedroot.hypervisor.images import check_image, make_filesystem
 from sharedroot.hypervisor.ipl import BootConfig, extract_boot_files
 from sharedroot.hypervisor.qemu import accel, cmdline, control, memory, process
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS, PMEM_ALIGN
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
-from sharedroot.run import run
 from sharedroot.store.config import SiteConfig
 from sharedroot.store.rows import DiskRow, LinkRow
 from sharedroot.store.state import State
 
 ADMIN_DISK_SIZE = 16 << 20
 PMEM_FILE = "pmem.json"  # in a guest's run directory: its gold disks as memory, or why not
-
-
-def make_filesystem(
-    image: Path,
-    kind: DiskKind,
-    size: int,
-    fs: str | None,
-    source: Path | None = None,
-    label: str | None = None,
-) -> None:
-    """Create `image` (sparse, `size` bytes) holding an empty filesystem or swap.
-
-    With `source`, the filesystem is filled from that directory (mke2fs -d).
-    """
-    with open(image, "wb") as f:
-        f.truncate(size)
-    if kind is DiskKind.SWAP:
-        run(["mkswap", "-q", *(["-L", label] if label else []), image])
-    elif fs in ("ext2", "ext3", "ext4"):
-        # 4 KiB blocks even on small disks: DAX maps whole pages (see guestos.pmem).
-        argv: list[str | Path] = ["mke2fs", "-q", "-F", "-t", fs, "-b", "4096"]
-        if label:
-            argv += ["-L", label]
-        if source is not None:  # files owned as in the tree, the top directory by root
-            argv += ["-E", "root_owner=0:0", "-d", source]
-        run([*argv, image])
-    else:
-        raise InputError(f"cannot make a filesystem of type {fs!r}")
 
 
 def _memory_map(
@@ -83,19 +55,6 @@ def _memory_map(
         else:
             out[d.address] = cmdline.Pmem(d.path, d.address, slots[d.address], size)
     return out
-
-
-def check_image(path: Path, size: int, what: str) -> None:
-    """The image the store records: a regular file of the recorded size.
-
-    A truncated or replaced image is never copied onward as if it were good.
-    """
-    st = regular_file(path, OperationError, what=f"{what}: image ")
-    if st.st_size != size:
-        raise OperationError(
-            f"{what}: image {path} is {st.st_size} bytes, the store records {size}:"
-            " truncated or replaced; restore it, or rerun the operation that writes it"
-        )
 
 
 def create(config: SiteConfig, home: Path, state: State) -> LocalBackend:
