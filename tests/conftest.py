@@ -214,6 +214,12 @@ class BootSite:
     def sh(self, guest: str, script: str) -> str:
         return self.run("exec", guest, "--", "sh", "-c", script).stdout
 
+    def placement(self) -> list[dict[str, object]]:
+        """`guests --json` without the memory figures, which move on their own (the
+        host's page cache of the gold)."""
+        rows = json.loads(self.run("guests", "--json").stdout)
+        return [{k: v for k, v in r.items() if k not in ("memory", "cached")} for r in rows]
+
     def state(self, guest: str) -> str:
         rows = json.loads(self.run("guests", "--json").stdout)
         return str(next(g["state"] for g in rows if g["name"] == guest))

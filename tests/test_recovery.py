@@ -103,12 +103,12 @@ def test_migrate_reboot_stops_when_a_guest_does_not_log_off(
     # Logged on without a QEMU to shut down: the stop fails, the guest may still run.
     logged_on_site(slots, "LNX1")
     before = tree_hashes(slots.home / "disks")
-    links = json.loads(slots.run("guests", "--json").stdout)
+    links = slots.placement()
     ran = slots.run("migrate", "LNX1", "--slot", "2", "--reboot", "--yes", check=False)
     assert ran.returncode == 1
     assert "LNX1 did not log off" in ran.stderr and "Not moved: LNX1" in ran.stderr
     assert tree_hashes(slots.home / "disks") == before
-    assert json.loads(slots.run("guests", "--json").stdout) == links
+    assert slots.placement() == links
 
 
 def test_a_gold_slot_that_differs_from_its_generation_is_refused(slots: BootSite) -> None:
