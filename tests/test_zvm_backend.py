@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from sharedroot.errors import OperationError
+from sharedroot.hypervisor.zvm import guestlink
 from sharedroot.hypervisor.zvm.cp import Cp
 from sharedroot.hypervisor.zvm.directory import parse_entry, with_include, without_link
 from sharedroot.model.types import GuestState
@@ -492,3 +495,16 @@ def test_doctor_checks_on_the_emulator(zvm: Zvm) -> None:
     assert rows["FLASHCOPY"][0] is True
     assert rows["smcli"] == [True, True]
     assert all(rows[t][0] for t in ("chccwdev", "cio_ignore", "dasdfmt", "fdasd", "udevadm"))
+
+
+def test_ssh_tries_again_while_it_cannot_connect(tmp_path: Path) -> None:
+    with socket.socket() as s:  # nothing listens on loopback's SSH port here
+        if s.connect_ex(("127.0.0.1", 22)) == 0:
+            pytest.skip("an SSH server listens on this machine's loopback")
+    home = tmp_path / "home"
+    guestlink.site_key(home)
+    t = time.monotonic()
+    code, _, err = guestlink.ssh(home, "127.0.0.1", ["true"], timeout=4)
+    took = time.monotonic() - t
+    assert code == 255 and err.startswith(b"ssh: connect to host"), err
+    assert 2.5 < took < 8, took  # tried again within the timeout, then gave up

@@ -24,6 +24,7 @@ from sharedroot.run import run
 
 Say = Callable[[str], None]
 ZTHIN_SMCLI = "/opt/zthin/bin/smcli"
+CONNECT_RETRY = 15.0  # seconds `ssh` tries again while it cannot connect
 
 
 def smcli_program(configured: str) -> str:
@@ -122,5 +123,14 @@ def ssh(home: Path, ip: str, argv: list[str], timeout: float) -> tuple[int, byte
     base = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
     base += ["-o", f"UserKnownHostsFile={home / 'ssh' / 'known_hosts'}", "-i", str(key)]
     # ssh runs its remote command through the guest's shell: quote each word.
-    proc = run([*base, f"root@{ip}", "--", shlex.join(argv)], check=False, timeout=timeout)
-    return proc.returncode, proc.stdout.encode(), proc.stderr.encode()
+    command = [*base, f"root@{ip}", "--", shlex.join(argv)]
+    start = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - start)
+        proc = run(command, check=False, timeout=max(1.0, left))
+        # No connection (a busy guest left an ARP probe unanswered): the command never
+        # ran, so it is tried again for a few seconds.
+        lost = proc.returncode == 255 and proc.stderr.startswith("ssh: connect to host")
+        if not lost or time.monotonic() - start + 1 > min(timeout, CONNECT_RETRY):
+            return proc.returncode, proc.stdout.encode(), proc.stderr.encode()
+        time.sleep(1)
