@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from sharedroot.cli.main import main
 from sharedroot.hypervisor.images import make_filesystem
+from sharedroot.hypervisor.qemu import cmdline
 from sharedroot.namespace import private_mounts
 from sharedroot.workflows.context import Site
 
@@ -273,3 +274,17 @@ def logged_on(site: Site, lock_holders: Callable[[Path, str], None]) -> Callable
 @pytest.fixture
 def logged_on_site(lock_holders: Callable[[Path, str], None]) -> Callable[[BootSite, str], None]:
     return lambda site, guest: lock_holders(site.home, guest)
+
+
+def guest_spec(tmp_path: Path, **changes: object) -> cmdline.GuestSpec:
+    """A guest's QEMU spec with no disks, for command-line tests; `changes` replace fields."""
+    base = cmdline.GuestSpec(
+        name="LNX227",
+        kernel=tmp_path / "k",
+        initrd=tmp_path / "i",
+        cmdline="ro",
+        drives=(),
+        run_dir=tmp_path / "run",
+        accel="tcg",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]

@@ -14,12 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import BootSite, Ran
+from conftest import BootSite, Ran, guest_spec
 from sharedroot.errors import OperationError
 from sharedroot.hypervisor import ksm
 from sharedroot.hypervisor.qemu import cmdline, memory
@@ -31,28 +30,16 @@ M = 1 << 20
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU")
 
 
-def spec(tmp_path: Path, **changes: object) -> cmdline.GuestSpec:
-    base = cmdline.GuestSpec(
-        name="LNX227",
-        kernel=tmp_path / "k",
-        initrd=tmp_path / "i",
-        cmdline="ro",
-        drives=(),
-        run_dir=tmp_path / "run",
-        accel="tcg",
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
-
-
 def test_every_guest_has_a_reporting_balloon_and_mem_merge_follows_ksm(tmp_path: Path) -> None:
     def machine(argv: list[str]) -> list[str]:
         return [argv[i + 1] for i, a in enumerate(argv) if a == "-machine"]
 
-    argv = cmdline.qemu_argv(spec(tmp_path))
+    argv = cmdline.qemu_argv(guest_spec(tmp_path))
     assert machine(argv) == ["pc", "mem-merge=off"]
     assert "virtio-balloon-pci,id=balloon,free-page-reporting=on" in argv
-    assert machine(cmdline.qemu_argv(spec(tmp_path, mem_merge=True))) == ["pc", "mem-merge=on"]
-    s390x = cmdline.qemu_argv(spec(tmp_path, arch="s390x", mem_merge=True))
+    merged = cmdline.qemu_argv(guest_spec(tmp_path, mem_merge=True))
+    assert machine(merged) == ["pc", "mem-merge=on"]
+    s390x = cmdline.qemu_argv(guest_spec(tmp_path, arch="s390x", mem_merge=True))
     assert machine(s390x) == ["s390-ccw-virtio", "mem-merge=on"]
     assert "virtio-balloon-ccw,id=balloon,free-page-reporting=on" in s390x
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import guest_spec
 from sharedroot.guestos import pmem
 from sharedroot.hypervisor.base import StartRequest
 from sharedroot.hypervisor.ipl import BootConfig
@@ -74,16 +75,8 @@ def test_dax_flags_and_readiness_on_real_filesystems(mounted: tuple[Path, Path])
 
 
 def test_qemu_maps_the_gold_shared_and_read_only(tmp_path: Path) -> None:
-    spec = cmdline.GuestSpec(
-        name="LNX227",
-        kernel=tmp_path / "k",
-        initrd=tmp_path / "i",
-        cmdline="ro",
-        drives=(),
-        run_dir=tmp_path / "run",
-        accel="tcg",
-        pmem=(cmdline.Pmem(tmp_path / "a,b.img", "01B7", 0x1A, 1536 * M),),
-    )
+    mapped = (cmdline.Pmem(tmp_path / "a,b.img", "01B7", 0x1A, 1536 * M),)
+    spec = guest_spec(tmp_path, pmem=mapped)
     argv = cmdline.qemu_argv(spec)
     assert argv[argv.index("-m") + 1] == "512,slots=1,maxmem=2048M"
     assert (
