@@ -301,8 +301,10 @@ def guests(home: Path) -> list[dict[str, Any]]:
 
 
 def shape(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What a guest is (role, disks, links), without whether it runs or is incomplete."""
-    return [{k: v for k, v in g.items() if k not in ("state", "incomplete")} for g in rows]
+    """What a guest is (role, disks, links), without whether it runs or is incomplete, and
+    without the host's memory figures (the page cache of a disk the run wrote moves)."""
+    live = ("state", "incomplete", "memory", "cached")
+    return [{k: v for k, v in g.items() if k not in live} for g in rows]
 
 
 def journal(home: Path) -> list[dict[str, Any]]:

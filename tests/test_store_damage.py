@@ -668,6 +668,13 @@ READ_ONLY_READERS = [
 ]
 
 
+def without_page_cache(out: str) -> str:
+    """A report without the host's page cache of the admin disk: the copy of the store was
+    read and written through the cache, so the two images' cached sizes need not agree."""
+    out = re.sub(r'"cached": (\d+|null)', '"cached": -', out)
+    return re.sub(r"page cache [\d.]+M \(shared\)", "page cache", out)
+
+
 @pytest.mark.parametrize("kind", LEFTOVERS)
 @pytest.mark.parametrize("args", READ_ONLY_READERS, ids=[" ".join(a) for a in READ_ONLY_READERS])
 def test_read_only_store_is_read(store: Path, tmp_path: Path, kind: str, args: list[str]) -> None:
@@ -681,7 +688,7 @@ def test_read_only_store_is_read(store: Path, tmp_path: Path, kind: str, args: l
     assert snapshot(home) == before
     rw = run_child(twin, args)
     assert rw.code == 0, rw.err
-    assert ro.out == rw.out
+    assert without_page_cache(ro.out) == without_page_cache(rw.out)
     if kind.startswith("wal") and args[0] == "guests":
         assert "LNXWAL" in ro.out  # what the WAL holds is read, not skipped
 
