@@ -20,6 +20,8 @@ import pytest
 
 from sharedroot.errors import OperationError
 from sharedroot.guestos import debian, fstab, vmlinux
+from sharedroot.guestos.recipe import DEFAULT_RECIPE, Recipe, recipe_key
+from sharedroot.guestos.tree import install_extra, populate_disks, staged_tree
 from sharedroot.hypervisor import ipl
 from sharedroot.hypervisor.qemu import accel, cmdline, control, process
 from sharedroot.model.layout import PAPER_LAYOUT, DiskSpec, Layout
@@ -109,7 +111,7 @@ def test_populate_disks_splits_the_tree_by_mount_point(tmp_path: Path) -> None:
     images = {d.address: out / f"{d.address}.img" for d in SMALL.copied}
     (out).mkdir()
     images["01B1"].write_bytes(b"old content, rebuilt at the layout size")
-    debian.populate_disks(tree, SMALL, images)
+    populate_disks(tree, SMALL, images)
 
     root_img = images["01B1"]
     assert root_img.stat().st_size == 8 * M
@@ -137,8 +139,8 @@ def test_install_extra_on_a_staged_copy_leaves_the_cache_alone(tmp_path: Path) -
         "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n"
         "[Install]\nWantedBy=multi-user.target\n"
     )
-    with debian.staged_tree(tree) as stage:
-        debian.install_extra(
+    with staged_tree(tree) as stage:
+        install_extra(
             stage,
             {
                 "/etc/hostname": "changed\n",
@@ -207,9 +209,9 @@ def test_extract_vmlinux_finds_the_compressed_elf() -> None:
 
 
 def test_recipe_key_changes_with_the_recipe() -> None:
-    a = debian.recipe_key(debian.DEFAULT_RECIPE)
-    b = debian.recipe_key(debian.Recipe(hostname="other"))
-    assert a != b and a == debian.recipe_key(debian.Recipe())
+    a = recipe_key(DEFAULT_RECIPE)
+    b = recipe_key(Recipe(hostname="other"))
+    assert a != b and a == recipe_key(Recipe())
 
 
 def spec_for(run_dir: Path, drives: tuple[cmdline.Drive, ...], kernel: Path) -> cmdline.GuestSpec:
@@ -313,7 +315,7 @@ def guest_disks(
     """The paper layout for one guest, all read-write, plus two fresh VDISKs."""
     disks = tmp_path / "disks"
     images = {d.address: disks / f"{d.address}.img" for d in PAPER_LAYOUT.copied}
-    debian.populate_disks(golden_tree, PAPER_LAYOUT, images)
+    populate_disks(golden_tree, PAPER_LAYOUT, images)
     drives = []
     shm = []
     for d in PAPER_LAYOUT:

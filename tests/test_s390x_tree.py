@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from sharedroot.errors import InputError
-from sharedroot.guestos import debian, earlybind, foreign, zipl
+from sharedroot.guestos import earlybind, foreign, zipl
 from sharedroot.guestos.platform import CCW, VIRTIO, VIRTIO_S390X, find
+from sharedroot.guestos.recipe import DEFAULT_RECIPE, recipe_for, recipe_key
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DeviceBus
 
 
 def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
-    amd = debian.recipe_for(VIRTIO, layout=PAPER_LAYOUT, hostname="s10rwmnt")
-    s390 = debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
-    local = debian.recipe_for(VIRTIO_S390X, layout=PAPER_LAYOUT, hostname="s10rwmnt")
-    assert amd == debian.Recipe(layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    amd = recipe_for(VIRTIO, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    s390 = recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    local = recipe_for(VIRTIO_S390X, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    assert amd == DEFAULT_RECIPE and "initramfs-tools" in amd.packages
     assert s390.arch == "s390x" and s390.kernel_package == "linux-image-s390x"
     assert "s390-tools" in s390.packages and "qemu-guest-agent" not in s390.packages
     assert {"virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4"} <= set(s390.initramfs_modules)
@@ -28,9 +29,9 @@ def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
     assert local.platform is VIRTIO_S390X and s390.platform is CCW and amd.platform is VIRTIO
     assert "qemu-guest-agent" in local.packages and "s390-tools" in local.packages
     assert "vmpoff=LOGOFF" not in local.cmdline_extra.split()
-    key = debian.recipe_key(s390)
-    assert key.startswith("debian-bookworm-s390x-") and key != debian.recipe_key(amd)
-    assert len({key, debian.recipe_key(local), debian.recipe_key(amd)}) == 3
+    key = recipe_key(s390)
+    assert key.startswith("debian-bookworm-s390x-") and key != recipe_key(amd)
+    assert len({key, recipe_key(local), recipe_key(amd)}) == 3
     assert find(DeviceBus.CCW) is CCW and find(DeviceBus.CCW, "s390x") is CCW
     assert find(DeviceBus.VIRTIO) is VIRTIO and find(DeviceBus.VIRTIO, "s390x") is VIRTIO_S390X
     with pytest.raises(InputError, match="ppc64el"):
@@ -107,6 +108,6 @@ def test_disk_sizes_do_not_change_the_tree() -> None:
     moved = Layout(
         tuple(replace(d, mount="/srv") if d.mount == "/opt" else d for d in PAPER_LAYOUT)
     )
-    key = debian.recipe_key(debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt"))
-    assert debian.recipe_key(debian.recipe_for(CCW, layout=bigger, hostname="s10rwmnt")) == key
-    assert debian.recipe_key(debian.recipe_for(CCW, layout=moved, hostname="s10rwmnt")) != key
+    key = recipe_key(recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt"))
+    assert recipe_key(recipe_for(CCW, layout=bigger, hostname="s10rwmnt")) == key
+    assert recipe_key(recipe_for(CCW, layout=moved, hostname="s10rwmnt")) != key

@@ -35,13 +35,13 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and name
 
 def _s390x_boot() -> Path:
     """/boot of the cached s390x golden tree (install on a zvm site builds it)."""
-    from sharedroot.guestos import debian
     from sharedroot.guestos.platform import CCW
+    from sharedroot.guestos.recipe import recipe_for, recipe_key
     from sharedroot.hypervisor import cache_dir
     from sharedroot.model.layout import PAPER_LAYOUT
 
-    recipe = debian.recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
-    return cache_dir() / debian.recipe_key(recipe) / "root" / "boot"
+    recipe = recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    return cache_dir() / recipe_key(recipe) / "root" / "boot"
 
 
 S390_BOOT = Path(os.environ.get("ZVMSIM_S390_BOOT") or _s390x_boot())

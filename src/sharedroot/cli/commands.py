@@ -19,7 +19,7 @@ from sharedroot.cli.render import Result, memory_cell, outcome, table
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
 from sharedroot.model import fleetfile
-from sharedroot.model.types import Role, parse_size
+from sharedroot.model.types import Distro, Initramfs, Network, Role, parse_size
 from sharedroot.store.config import SITE_FILE, load_config, make_config
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import (
@@ -200,7 +200,16 @@ def cmd_clonerw(args: argparse.Namespace) -> Result:
 def cmd_install(args: argparse.Namespace) -> Result:
     tree = Path(args.tree) if args.tree is not None else None
     return outcome(
-        install.install(_site(args), _ui(args), _opts(args), args.distro, tree, args.arch)
+        install.install(
+            _site(args),
+            _ui(args),
+            _opts(args),
+            Distro(args.distro) if args.distro else None,
+            tree,
+            args.arch,
+            Initramfs(args.initramfs) if args.initramfs else None,
+            Network(args.network) if args.network else None,
+        )
     )
 
 

@@ -22,6 +22,7 @@ from sharedroot.cli.argtypes import (
     seconds,
     whole,
 )
+from sharedroot.model.types import Distro, Initramfs, Network
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
 
@@ -303,7 +304,23 @@ def build_parser() -> ArgumentParser:
         "install Linux onto the maintenance guest S10RWMNT's disks from a cached golden tree"
         " (§1.5.4)",
     )
-    p.add_argument("--distro", choices=["debian-bookworm"], help="default: the site's distro")
+    p.add_argument(
+        "--distro",
+        choices=[v.value for v in Distro],
+        help="the distribution of the golden tree (default: the site's, see init --distro)",
+    )
+    p.add_argument(
+        "--initramfs",
+        choices=[v.value for v in Initramfs],
+        help="what builds the initramfs, and so carries the early /etc binding of a read-only"
+        " root (default: the distribution's own; dracut is what SUSE and Red Hat boot with)",
+    )
+    p.add_argument(
+        "--network",
+        choices=[v.value for v in Network],
+        help="what configures the NIC, from the parm file's HostIP= Gateway= at each boot"
+        " (default: the distribution's; networkmanager as on SUSE and Red Hat)",
+    )
     p.add_argument(
         "--arch",
         choices=["amd64", "s390x"],

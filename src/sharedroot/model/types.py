@@ -148,3 +148,29 @@ class Access(StrEnum):
 
     RO = "ro"
     RW = "rw"
+
+
+class Distro(StrEnum):
+    """A distribution `install` builds a golden tree of (guestos/distros: one module each)."""
+
+    DEBIAN_TRIXIE = "debian-trixie"  # Debian 13, the current stable
+    DEBIAN_BOOKWORM = "debian-bookworm"  # Debian 12
+
+
+# What a new site installs unless told otherwise.
+DEFAULT_DISTRO = Distro.DEBIAN_BOOKWORM
+
+
+class Initramfs(StrEnum):
+    """What builds a system's initramfs, and so where its early /etc binding lives."""
+
+    INITRAMFS_TOOLS = "initramfs-tools"  # Debian, Ubuntu: a local-bottom script
+    DRACUT = "dracut"  # SUSE, Red Hat, Fedora: a dracut module (90sharedroot)
+
+
+class Network(StrEnum):
+    """What configures a system's NIC, and so which files findself writes."""
+
+    NETWORKD = "networkd"  # systemd-networkd: a .network file
+    IFUPDOWN = "ifupdown"  # /etc/network/interfaces.d
+    NETWORKMANAGER = "networkmanager"  # a keyfile in /etc/NetworkManager/system-connections

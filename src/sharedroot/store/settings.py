@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sharedroot.errors import InputError
-from sharedroot.model.types import Switch, shown
+from sharedroot.model.types import DEFAULT_DISTRO, Distro, Switch, shown
 
 BACKENDS = ("local", "zvm")
-DISTROS = ("debian-bookworm",)
+DISTROS = tuple(Distro)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any, str], Any]:
@@ -117,7 +117,13 @@ SETTINGS: tuple[Setting, ...] = (
         "number of gold slots (paper: S10GOLD and S10GOLD2) for rolling updates",
         "N",
     ),
-    Setting("distro", _choice(DISTROS), DISTROS[0], "Linux distribution `install` lays down", "D"),
+    Setting(
+        "distro",
+        _choice(DISTROS),
+        DEFAULT_DISTRO.value,
+        "Linux distribution `install` lays down",
+        "D",
+    ),
     Setting(
         "memory_mb",
         _int_range(128, 65536),

@@ -10,9 +10,11 @@ import sharedroot
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.guestos import debian, findself, zipl
 from sharedroot.guestos.platform import BootLoader, find
+from sharedroot.guestos.recipe import recipe_for, recipe_key
+from sharedroot.guestos.tree import install_extra, split_tree, staged_tree
 from sharedroot.hypervisor import cache_dir
 from sharedroot.model.parm import check_hostname
-from sharedroot.model.types import DeviceBus, DiskKind
+from sharedroot.model.types import DeviceBus, DiskKind, Distro, Initramfs, Network
 from sharedroot.workflows import guards
 from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
@@ -48,14 +50,18 @@ def install(
     site: Site,
     ui: UI,
     opts: Options,
-    distro: str | None = None,
+    distro: Distro | None = None,
     tree_dir: Path | None = None,
     arch: str | None = None,
+    initramfs: Initramfs | None = None,
+    network: Network | None = None,
 ) -> Outcome:
-    distro = distro or site.config.distro
+    distro = distro or Distro(site.config.distro)
+    if tree_dir is not None and (initramfs or network):
+        raise InputError(
+            "--initramfs and --network shape a tree sharedroot builds; --tree brings its own"
+        )
     given = own_tree(tree_dir) if tree_dir is not None else None
-    if distro != "debian-bookworm":
-        raise InputError(f"--distro {distro!r}: only debian-bookworm can be installed so far")
     try:
         platform = find(site.hv.bus, arch)
     except InputError as exc:
@@ -64,7 +70,16 @@ def install(
     layout = site.config.layout
     # A user ID may hold @ # $, which a host name may not: those become '-'.
     hostname = check_hostname(re.sub(r"[^a-z0-9]", "-", guest.lower()).strip("-") or "linux")
-    recipe = debian.recipe_for(platform, layout=layout, hostname=hostname)
+    # A combination the distribution lacks is refused here, before anything is written.
+    recipe = recipe_for(
+        platform,
+        layout=layout,
+        hostname=hostname,
+        distro=distro,
+        initramfs=initramfs,
+        network=network,
+    )
+    what = f"{distro} ({recipe.initramfs}, {recipe.network})"
     disks = layout.copied
     with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
@@ -77,17 +92,17 @@ def install(
                 tree.append(given)
                 return {"tree": str(given)}
             tree.append(debian.build_tree(cache_dir(), recipe, log=ui.step))
-            return {"tree": str(tree[0]), "recipe": debian.recipe_key(recipe)}
+            return {"tree": str(tree[0]), "recipe": recipe_key(recipe)}
 
         def lay_out() -> None:
             # A tree of the user's is staged in the store, never beside it.
             under = site.home / "tmp" if given is not None else None
-            with debian.staged_tree(tree[0], under) as stage:
+            with staged_tree(tree[0], under) as stage:
                 access = site.hv.access_files()
                 files = {**guest_files(platform.bus), **access}
                 modes = dict.fromkeys(access, 0o600)
-                debian.install_extra(stage, files, [findself.UNIT_NAME], modes=modes)
-                sources = debian.split_tree(stage, layout, platform=platform)
+                install_extra(stage, files, [findself.UNIT_NAME], modes=modes)
+                sources = split_tree(stage, layout, platform=platform)
                 for d in disks:
                     if d.kind is not DiskKind.VDISK:
                         site.hv.fill_disk(guest, d.address, d.kind, d.fs, sources.get(d.address))
@@ -97,7 +112,7 @@ def install(
             Step(
                 f"use the tree {given}"
                 if given is not None
-                else f"build or reuse the {distro} golden tree ({debian.recipe_key(recipe)})",
+                else f"build or reuse the {what} golden tree ({recipe_key(recipe)})",
                 build,
             ),
             Step(f"lay the tree onto {guest}'s disks ({where})", lay_out),
@@ -115,8 +130,13 @@ def install(
             ui,
             opts,
             "install",
-            {"guest": guest, "distro": distro},
+            {"guest": guest, "distro": distro.value}
+            | (
+                {}
+                if given
+                else {"initramfs": recipe.initramfs.value, "network": recipe.network.value}
+            ),
             steps,
-            f"Do you want to install {distro} onto {guest}, overwriting its disks? y/n",
+            f"Do you want to install {given or what} onto {guest}, overwriting its disks? y/n",
             targets=[guest],
         )

@@ -1,0 +1,16 @@
+"""Debian 12 "bookworm": the system sharedroot was first built on."""
+
+from sharedroot.guestos.distros import Distribution
+from sharedroot.model.types import Distro, Initramfs, Network
+
+DISTRIBUTION = Distribution(
+    distro=Distro.DEBIAN_BOOKWORM,
+    suite="bookworm",
+    initramfs=(Initramfs.INITRAMFS_TOOLS,),
+    networks=(Network.NETWORKD, Network.IFUPDOWN),
+    initramfs_packages=((Initramfs.INITRAMFS_TOOLS, ("initramfs-tools", "zstd")),),
+    network_packages=(
+        (Network.NETWORKD, ()),
+        (Network.IFUPDOWN, ("ifupdown", "isc-dhcp-client")),
+    ),
+)
