@@ -20,7 +20,8 @@ import pytest
 
 from sharedroot.errors import OperationError
 from sharedroot.guestos import debian, fstab, vmlinux
-from sharedroot.guestos.recipe import DEFAULT_RECIPE, Recipe, recipe_key
+from sharedroot.guestos.platform import VIRTIO
+from sharedroot.guestos.recipe import DEFAULT_RECIPE, recipe_for, recipe_key
 from sharedroot.guestos.tree import install_extra, populate_disks, staged_tree
 from sharedroot.hypervisor import ipl
 from sharedroot.hypervisor.qemu import accel, cmdline, control, process
@@ -208,10 +209,25 @@ def test_extract_vmlinux_finds_the_compressed_elf() -> None:
         vmlinux.extract_vmlinux(b"no kernel in here")
 
 
+def test_extract_vmlinux_takes_the_payload_the_header_names(tmp_path: Path) -> None:
+    """A zstd kernel (Debian 13's): the payload cut where the boot protocol says, without
+    the size the build appends and what follows (the zstd program refuses trailing data)."""
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    (tmp_path / "elf").write_bytes(elf)
+    run(["zstd", "-q", "-19", "-o", tmp_path / "elf.zst", tmp_path / "elf"])
+    payload = (tmp_path / "elf.zst").read_bytes() + len(elf).to_bytes(4, "little")
+    header = bytearray(2 * 512)  # setup_sects = 1: protected-mode code at 1024
+    header[0x1F1] = 1
+    header[0x202:0x208] = b"HdrS" + (0x20F).to_bytes(2, "little")
+    header[0x248:0x250] = (16).to_bytes(4, "little") + len(payload).to_bytes(4, "little")
+    image = bytes(header) + b"\x28\xb5\x2f\xfd decoy bytes" + payload + b"\x28\xb5\x2f\xfdtrailer"
+    assert vmlinux.extract_vmlinux(image) == elf
+
+
 def test_recipe_key_changes_with_the_recipe() -> None:
     a = recipe_key(DEFAULT_RECIPE)
-    b = recipe_key(Recipe(hostname="other"))
-    assert a != b and a == recipe_key(Recipe())
+    b = recipe_key(replace(DEFAULT_RECIPE, hostname="other"))
+    assert a != b and a == recipe_key(recipe_for(VIRTIO, layout=PAPER_LAYOUT, hostname="s10rwmnt"))
 
 
 def spec_for(run_dir: Path, drives: tuple[cmdline.Drive, ...], kernel: Path) -> cmdline.GuestSpec:
