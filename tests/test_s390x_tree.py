@@ -13,7 +13,7 @@ from sharedroot.guestos import earlybind, foreign, zipl
 from sharedroot.guestos.platform import CCW, VIRTIO, VIRTIO_S390X, find
 from sharedroot.guestos.recipe import DEFAULT_RECIPE, recipe_for, recipe_key
 from sharedroot.model.layout import PAPER_LAYOUT, Layout
-from sharedroot.model.types import DeviceBus
+from sharedroot.model.types import DEFAULT_DISTRO, DeviceBus
 
 
 def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
@@ -30,7 +30,7 @@ def test_recipe_for_s390x_is_its_own_cache_entry() -> None:
     assert "qemu-guest-agent" in local.packages and "s390-tools" in local.packages
     assert "vmpoff=LOGOFF" not in local.cmdline_extra.split()
     key = recipe_key(s390)
-    assert key.startswith("debian-bookworm-s390x-") and key != recipe_key(amd)
+    assert key.startswith(f"{DEFAULT_DISTRO}-s390x-") and key != recipe_key(amd)
     assert len({key, recipe_key(local), recipe_key(amd)}) == 3
     assert find(DeviceBus.CCW) is CCW and find(DeviceBus.CCW, "s390x") is CCW
     assert find(DeviceBus.VIRTIO) is VIRTIO and find(DeviceBus.VIRTIO, "s390x") is VIRTIO_S390X

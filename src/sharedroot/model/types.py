@@ -158,7 +158,7 @@ class Distro(StrEnum):
 
 
 # What a new site installs unless told otherwise.
-DEFAULT_DISTRO = Distro.DEBIAN_BOOKWORM
+DEFAULT_DISTRO = Distro.DEBIAN_TRIXIE
 
 
 class Initramfs(StrEnum):
