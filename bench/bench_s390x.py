@@ -65,7 +65,7 @@ def main() -> None:
         sim, home, local = Path(tmp, "zvm"), Path(tmp, "site"), Path(tmp, "local")
         try:
             sizes = [f"--size={a}={n * CYL}" for a, n in SIZES.items()]
-            sr_zvm(sim, home, "init", "--backend", "zvm", *sizes)
+            sr_zvm(sim, home, "init", "--backend", "zvm", "--distro", "debian-bookworm", *sizes)
             if args.cold:
                 env = os.environ | {"SHAREDROOT_CACHE": str(Path(tmp) / "cache")}
                 cold = sr_zvm(sim, home, "install", "--yes", env=env)

@@ -147,6 +147,9 @@ def image_hashes(site: Site) -> dict[str, str]:
 
 
 SHAREDROOT = str(Path(sys.executable).parent / "sharedroot")
+# s390x trees are built from Debian 12: this machine's package mirror does not serve
+# Debian 13's s390x packages (debootstrap cannot fetch libc6, apt, base-files).
+S390X_DISTRO = "debian-bookworm"
 BOOT_TIMEOUT = "600"  # TCG on a loaded 2-core machine
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import BootSite
+from conftest import S390X_DISTRO, BootSite
 from sharedroot.hypervisor import ipl
 
 pytestmark = [
@@ -31,7 +31,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
     s = BootSite(tmp_path_factory.mktemp("s390x") / "site")
-    s.run("init", "--layout", "paper")
+    s.run("init", "--layout", "paper", "--distro", S390X_DISTRO)
     wrong = s.run("install", "--arch", "ppc64el", "--yes", check=False)
     assert wrong.returncode == 2 and "--arch" in wrong.stderr, wrong.stderr
     s.run("install", "--arch", "s390x", "--yes")

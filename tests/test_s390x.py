@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PAPER_SAMPLE, Ran
+from conftest import PAPER_SAMPLE, S390X_DISTRO, Ran
 from zvmkit import Zvm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # The layout's sizes are those of the directory's minidisks (clones get the same).
     mdisks = re.findall(r"MDISK (01B[0-9]) 3390 \d+ (\d+) ", DIRECT.read_text())
     sizes = {addr: int(cyls) * CYL for addr, cyls in mdisks}
-    s.run("init", "--layout", "paper", "--backend", "zvm",
+    s.run("init", "--layout", "paper", "--backend", "zvm", "--distro", S390X_DISTRO,
           *(f"--size={a}={n}" for a, n in sizes.items()))  # fmt: skip
     try:
         s.run("install", "--yes")  # the s390x golden tree: built once, then cached

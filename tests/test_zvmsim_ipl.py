@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import S390X_DISTRO
 from test_zvmsim import admin, ok, run, state, vmcp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,8 +40,9 @@ def _s390x_boot() -> Path:
     from sharedroot.guestos.recipe import recipe_for, recipe_key
     from sharedroot.hypervisor import cache_dir
     from sharedroot.model.layout import PAPER_LAYOUT
+    from sharedroot.model.types import Distro
 
-    recipe = recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt")
+    recipe = recipe_for(CCW, layout=PAPER_LAYOUT, hostname="s10rwmnt", distro=Distro(S390X_DISTRO))
     return cache_dir() / recipe_key(recipe) / "root" / "boot"
 
 
