@@ -62,7 +62,12 @@ def counted(sim: Path, home: Path, *args: str) -> tuple[int, float]:
 def small_system(base: Path) -> Path:
     """A root tree mnt2rogld can convert: enough to walk the pipeline, not to boot."""
     root = base / "tree"
-    for rel in ("etc/hostname", "usr/sbin/update-initramfs", "var/lib/dpkg/status"):
+    for rel in (
+        "etc/hostname",
+        "usr/sbin/update-initramfs",
+        "usr/lib/systemd/systemd",
+        "var/lib/dpkg/status",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x\n")
     (root / "boot").mkdir()
@@ -97,7 +102,7 @@ def bench() -> None:
         sim, home = base / "zvm", base / "site"
         sizes = [f"--size={k}={v * CYL}" for k, v in CYLINDERS.items()]
         sr(sim, home, "init", "--backend", "zvm", *sizes)
-        sr(sim, home, "install", "--tree", str(small_system(base)), "--yes")
+        sr(sim, home, "install", "--from-tree", str(small_system(base)), "--yes")
         n, wall = counted(sim, home, "mnt2tst", "--yes")
         print(f"mnt2tst: {n} CP commands, {wall:.2f}s (7 disks)")
         sr(sim, home, "mnt2rogld", "--yes")

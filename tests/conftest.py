@@ -160,11 +160,12 @@ class BootSite:
         self.home = home
 
     @classmethod
-    def installed(cls, factory: pytest.TempPathFactory, name: str) -> BootSite:
-        """A new paper site with Linux installed on its maintenance guest and cleaned."""
+    def installed(cls, factory: pytest.TempPathFactory, name: str, *install_args: str) -> BootSite:
+        """A new paper site with Linux installed on its maintenance guest and cleaned
+        (`install_args`: e.g. --from-tree DIR)."""
         site = cls(factory.mktemp(name) / "site")
         site.run("init", "--layout", "paper")
-        site.run("install", "--yes")
+        site.run("install", "--yes", *install_args)
         site.run("cloneprep", "--yes")
         return site
 

@@ -81,10 +81,13 @@ INPUT: list[tuple[list[str], str]] = [
     (["init", "--backend", "libvirt"], "backend = 'libvirt': must be one of local, zvm"),
     (["init", "--zvm-link-range", "F0FF-F000"], "link_range"),
     (["init", "--size", "usr"], "MOUNT=SIZE"),
-    (["install", "--tree", "/nonexistent", "--yes"], "--tree '/nonexistent': not a directory"),
-    (["install", "--tree", "/", "--yes"], "the worker's own root"),
-    (["install", "--tree", "/proc/self", "--yes"], "not a directory"),
-    (["install", "--tree", "/dev", "--yes"], "holds no Linux system"),
+    (
+        ["install", "--from-tree", "/nonexistent", "--yes"],
+        "--from-tree '/nonexistent': not a directory",
+    ),
+    (["install", "--from-tree", "/", "--yes"], "the worker's own root"),
+    (["install", "--from-tree", "/proc/self", "--yes"], "not a directory"),
+    (["install", "--from-tree", "/dev", "--yes"], "holds no Linux system"),
     (["migrate", "LNX227", "--slot", "3", "--yes"], "gold slots 1 to 2"),
 ]
 

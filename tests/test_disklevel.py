@@ -119,6 +119,7 @@ def system_tree(base: Path) -> Path:
         "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
         "usr/bin/hello": "#!/bin/sh\necho hello\n",
         "usr/sbin/update-initramfs": "#!/bin/sh\n",
+        "usr/lib/systemd/systemd": "SYSTEMD",
         "var/lib/dpkg/status": "Package: hello\n",
         "opt/app/README": "an application\n",
         "boot/sharedroot.conf": "kernel=vmlinux-1\ninitrd=initrd-1\ncmdline=root=x rw\n",
@@ -144,7 +145,7 @@ def fleet(
     base = tmp_path_factory.mktemp(f"disklevel-{request.param}")
     f = Fleet(request.param, base)
     f.run("init", "--layout", "paper", "--backend", f.backend, *sizes())
-    f.run("install", "--tree", str(system_tree(base)), "--yes")
+    f.run("install", "--from-tree", str(system_tree(base)), "--yes")
     yield f
 
 

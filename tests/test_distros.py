@@ -52,9 +52,9 @@ def test_a_combination_the_distribution_lacks_is_refused_by_name() -> None:
 
 @pytest.mark.usefixtures("site")
 def test_install_refuses_options_with_a_tree_of_its_own(cli: Callable[..., Ran]) -> None:
-    ran = cli("install", "--tree", "/usr", "--network", "ifupdown", "--yes")
+    ran = cli("install", "--from-tree", "/usr", "--network", "ifupdown", "--yes")
     assert ran.code == 2, ran.err
-    assert "--tree brings its own" in ran.err
+    assert "--from-tree brings its own" in ran.err
 
 
 def test_install_refuses_bad_option_values(cli: Callable[..., Ran]) -> None:

@@ -198,7 +198,8 @@ def cmd_clonerw(args: argparse.Namespace) -> Result:
 
 
 def cmd_install(args: argparse.Namespace) -> Result:
-    tree = Path(args.tree) if args.tree is not None else None
+    tree = Path(args.from_tree) if args.from_tree is not None else None
+    image = Path(args.from_image) if args.from_image is not None else None
     return outcome(
         install.install(
             _site(args),
@@ -209,6 +210,7 @@ def cmd_install(args: argparse.Namespace) -> Result:
             args.arch,
             Initramfs(args.initramfs) if args.initramfs else None,
             Network(args.network) if args.network else None,
+            image,
         )
     )
 

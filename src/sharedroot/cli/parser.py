@@ -302,7 +302,7 @@ def build_parser() -> ArgumentParser:
         "install",
         c.cmd_install,
         "install Linux onto the maintenance guest S10RWMNT's disks from a cached golden tree"
-        " (§1.5.4)",
+        " (§1.5.4), or import a system of yours (--from-tree, --from-image)",
     )
     p.add_argument(
         "--distro",
@@ -328,11 +328,22 @@ def build_parser() -> ArgumentParser:
         " zvm; local runs s390x guests with qemu-system-s390x too; s390x is built on another"
         " machine through qemu-user-static, the first time in about 7 to 15 minutes)",
     )
-    p.add_argument(
-        "--tree",
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from-tree",
+        "--tree",  # the older name, kept working
+        dest="from_tree",
         metavar="DIR",
-        help="lay this root tree (a directory holding a whole Linux system, e.g. one your"
-        " own image builder made) onto the disks instead of building Debian",
+        help="import this root tree (a directory holding a whole Linux system with systemd"
+        " and initramfs-tools or dracut, e.g. one your own image builder made) instead of"
+        " building Debian; split across the layout's disks by mount point",
+    )
+    source.add_argument(
+        "--from-image",
+        metavar="FILE",
+        help="import the Linux system installed on this raw or qcow2 disk image (one root"
+        " filesystem: bare, on a partition or an LVM logical volume; the other filesystems"
+        " its fstab names are taken too), read-only; split across the layout's disks",
     )
     _writer_flags(p)
 

@@ -62,20 +62,24 @@ def _enable_unit(root: Path, unit: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_tree(tree: Path, under: Path | None = None) -> Iterator[Path]:
+def staged_tree(
+    tree: Path, under: Path | None = None, *, real_copy: bool = False
+) -> Iterator[Path]:
     """A throw-away hard-linked copy of the cached tree (seconds), removed afterwards.
 
     It lives beside the tree so hard links work, or `under` a directory of the caller's
     (a tree that is not ours: nothing is written beside it). Change files in it only by
     replacing them (as `install_extra` and `write_fstab` do), or the tree changes too.
+    With `real_copy`, a real copy at once (a tree on another filesystem, e.g. a mounted image).
     """
     if under is not None:
         under.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=under or tree.parent))
     try:
         copy = stage / "root"
-        res = run(["cp", "-al", tree, copy], check=False)
-        if res.returncode != 0:  # another filesystem: a real copy is slower but works
+        res = None if real_copy else run(["cp", "-al", tree, copy], check=False)
+        # Another filesystem: a real copy is slower but works.
+        if res is None or res.returncode != 0:
             shutil.rmtree(copy, ignore_errors=True)
             run(["cp", "-a", tree, copy])
         yield copy

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 from pathlib import Path
 
 import sharedroot
 from sharedroot.errors import InputError, RefusedError
-from sharedroot.guestos import debian, findself, zipl
+from sharedroot.guestos import debian, findself, importsys, zipl
 from sharedroot.guestos.platform import BootLoader, find
 from sharedroot.guestos.recipe import recipe_for, recipe_key
 from sharedroot.guestos.tree import install_extra, split_tree, staged_tree
@@ -34,18 +34,6 @@ def guest_files(bus: DeviceBus) -> dict[str, bytes | str]:
     return files
 
 
-def own_tree(path: Path) -> Path:
-    """A root tree the user gives: an existing directory that looks like a Linux system."""
-    tree = Path(os.path.normpath(path.absolute()))
-    if not tree.is_dir() or tree.is_symlink():
-        raise InputError(f"--tree {str(path)!r}: not a directory")
-    if tree == Path("/"):
-        raise InputError("--tree /: the worker's own root cannot be installed onto a guest")
-    if not (tree / "etc").is_dir() or not (tree / "usr").is_dir():
-        raise InputError(f"--tree {str(path)!r}: holds no Linux system (no etc/ and usr/)")
-    return tree
-
-
 def install(
     site: Site,
     ui: UI,
@@ -55,13 +43,17 @@ def install(
     arch: str | None = None,
     initramfs: Initramfs | None = None,
     network: Network | None = None,
+    image: Path | None = None,
 ) -> Outcome:
+    """Build Debian (or reuse the cached tree), or import the system in `tree_dir` or
+    `image` (see guestos.importsys), and lay it onto the maintenance guest's disks."""
     distro = distro or Distro(site.config.distro)
-    if tree_dir is not None and (initramfs or network):
+    if (tree_dir or image) and (initramfs or network):
+        option = "--from-tree" if tree_dir else "--from-image"
         raise InputError(
-            "--initramfs and --network shape a tree sharedroot builds; --tree brings its own"
+            f"--initramfs and --network shape a tree sharedroot builds; {option} brings its own"
         )
-    given = own_tree(tree_dir) if tree_dir is not None else None
+    given = importsys.source(tree_dir, image, site.home)
     try:
         platform = find(site.hv.bus, arch)
     except InputError as exc:
@@ -81,23 +73,30 @@ def install(
     )
     what = f"{distro} ({recipe.initramfs}, {recipe.network})"
     disks = layout.copied
-    with site.locked(ui, writes=not opts.dry_run):
+    with site.locked(ui, writes=not opts.dry_run), contextlib.ExitStack() as stack:
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in disks])
         guards.not_linked(site, guest, [d.address for d in disks])
         tree: list[Path] = []
+        # An imported system is checked (and an image mounted read-only) before any write.
+        imported = None
+        if given is not None:
+            opened = importsys.opened(given, site.home / "tmp", ui.step, dry_run=opts.dry_run)
+            imported = stack.enter_context(opened)
 
         def build() -> dict[str, object]:
             if given is not None:
-                tree.append(given)
-                return {"tree": str(given)}
+                assert imported is not None
+                tree.append(imported)
+                return {given.option.removeprefix("--from-"): str(given.path)}
             tree.append(debian.build_tree(cache_dir(), recipe, log=ui.step))
             return {"tree": str(tree[0]), "recipe": recipe_key(recipe)}
 
         def lay_out() -> None:
-            # A tree of the user's is staged in the store, never beside it.
+            # A system of the user's is staged in the store, never beside it.
             under = site.home / "tmp" if given is not None else None
-            with staged_tree(tree[0], under) as stage:
+            real_copy = given is not None and given.is_image
+            with staged_tree(tree[0], under, real_copy=real_copy) as stage:
                 access = site.hv.access_files()
                 files = {**guest_files(platform.bus), **access}
                 modes = dict.fromkeys(access, 0o600)
@@ -110,7 +109,7 @@ def install(
         where = ", ".join(f"{d.address} {d.mount or 'swap'}" for d in disks)
         steps = [
             Step(
-                f"use the tree {given}"
+                f"import the system of {given.option} {given.path}"
                 if given is not None
                 else f"build or reuse the {what} golden tree ({recipe_key(recipe)})",
                 build,
@@ -130,13 +129,18 @@ def install(
             ui,
             opts,
             "install",
-            {"guest": guest, "distro": distro.value}
+            {"guest": guest}
             | (
-                {}
+                {"source": f"{given.option} {given.path}"}
                 if given
-                else {"initramfs": recipe.initramfs.value, "network": recipe.network.value}
+                else {
+                    "distro": distro.value,
+                    "initramfs": recipe.initramfs.value,
+                    "network": recipe.network.value,
+                }
             ),
             steps,
-            f"Do you want to install {given or what} onto {guest}, overwriting its disks? y/n",
+            f"Do you want to install {given.path if given else what} onto {guest},"
+            " overwriting its disks? y/n",
             targets=[guest],
         )
