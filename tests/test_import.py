@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
-from conftest import BootSite, sha256, tree_hashes
+from conftest import SHAREDROOT, BootSite, sha256, tree_hashes
 from sharedroot.guestos import debian
 from sharedroot.guestos.recipe import DEFAULT_RECIPE
 from sharedroot.guestos.tree import replace_file, split_tree, staged_tree
@@ -235,7 +237,7 @@ def refused(site: BootSite, *args: str) -> str:
     return ran.stderr
 
 
-def test_what_cannot_be_a_read_only_root_is_refused(tmp_path: Path) -> None:
+def test_what_cannot_be_a_read_only_root_is_refused(golden: Path, tmp_path: Path) -> None:
     site = fresh_site(tmp_path)
     no_systemd = small_tree(tmp_path / "a", "usr/sbin/update-initramfs")
     err = refused(site, "--from-tree", str(no_systemd))
@@ -251,6 +253,10 @@ def test_what_cannot_be_a_read_only_root_is_refused(tmp_path: Path) -> None:
     err = refused(site, "--from-tree", str(merged), "--network", "ifupdown")
     assert "--from-tree brings its own" in err
     assert site.run("install", "--from-tree", str(merged), "--dry-run").returncode == 0
+
+    # the golden tree is an amd64 system: not for s390x guests
+    err = refused(site, "--from-tree", str(golden), "--arch", "s390x")
+    assert "its systemd is built for amd64, the guests are s390x" in err, err
 
     # an image of a system without systemd: found, mounted read-only, refused
     stage = small_tree(tmp_path / "d", "usr/sbin/update-initramfs")
@@ -335,3 +341,42 @@ def test_an_imported_tree_becomes_a_read_only_clone_that_verifies(imported: Boot
     failed = [c for c in report["checks"] if not c["ok"]]
     assert report["ok"], failed
     assert site.sh("LNX227", "hostname").strip() == "lnx227"
+
+
+def wait_for(path: Path, pattern: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 300
+    while not list(path.glob(pattern)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {pattern} in {path}"
+        time.sleep(0.05)
+
+
+def test_an_interrupted_import_leaves_nothing_behind(
+    images: dict[str, Path], tmp_path: Path
+) -> None:
+    image = images["qcow2"]
+    before = sha256(image)
+    site = fresh_site(tmp_path)
+    tmp = site.home / "tmp"
+    argv = [SHAREDROOT, "--home", str(site.home), "install", "--from-image", str(image), "--yes"]
+    # SIGTERM while the qcow2 is converted: unwound like ^C, its raw copy removed
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp, ".import-*/image.raw", proc)
+    proc.terminate()
+    _, err = proc.communicate()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert list(tmp.iterdir()) == [] and attached_loops(image) == []
+    # SIGKILL while the mounted image is copied: its mounts die with its mount namespace
+    # (once its cp, which holds the site lock, has ended too); the next run clears the
+    # converted image and the half copy, and installs
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp, ".stage-*/root/usr", proc)
+    proc.kill()
+    proc.communicate()
+    left = sorted(p.name.split("-")[0] for p in tmp.iterdir())
+    assert left == [".import", ".stage"], left
+    BootSite(site.home).run("install", "--from-image", str(image), "--yes")
+    assert list(tmp.iterdir()) == [] and attached_loops(image) == []
+    assert sha256(image) == before
+    rows = json.loads(BootSite(site.home).run("guests", "--json").stdout)
+    assert next(g for g in rows if g["name"] == MAINT)["incomplete"] is None

@@ -29,6 +29,7 @@ GENERATORS = {
     "initramfs-tools": ("usr/sbin/update-initramfs", "sbin/update-initramfs"),
     "dracut": ("usr/bin/dracut", "usr/sbin/dracut", "sbin/dracut"),
 }
+ELF_MACHINES = {"amd64": 62, "s390x": 22, "arm64": 183}
 # Read-only for real: no journal replay, no log recovery, no UUID registry clash with
 # the worker's own filesystems (an image copied from a worker's disk has the same UUID).
 RO_OPTIONS = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery,nouuid"}
@@ -80,17 +81,25 @@ def source(tree: Path | None, image: Path | None, home: Path) -> Source | None:
     return Source(option, path)
 
 
-def check_system(root: Path, what: str) -> str:
-    """Refuse a system that cannot be made a read-only root; return its initramfs generator."""
+def check_system(root: Path, what: str, arch: str | None = None) -> str:
+    """Refuse a system that cannot be made a read-only root; return its initramfs generator.
+
+    With `arch` (Debian's name), a systemd built for another machine is refused too.
+    """
     missing: list[str] = []
-    if not any(_inside(root, p) for p in SYSTEMD):
+    systemd = next((p for rel in SYSTEMD if (p := _resolve(root, rel)) is not None), None)
+    if systemd is None:
         missing.append("no systemd (no /usr/lib/systemd/systemd or /lib/systemd/systemd)")
-    found = [g for g, paths in GENERATORS.items() if any(_inside(root, p) for p in paths)]
+    found = [g for g, paths in GENERATORS.items() if any(_resolve(root, p) for p in paths)]
     if not found:
         missing.append(
             "no initramfs generator sharedroot knows (neither update-initramfs nor dracut;"
             " one of them must bind /etc from /local before PID 1 starts)"
         )
+    machine = _elf_machine(systemd) if systemd is not None else None
+    if arch is not None and machine is not None and machine != ELF_MACHINES.get(arch):
+        named = {v: k for k, v in ELF_MACHINES.items()}.get(machine, f"ELF machine {machine}")
+        missing.append(f"its systemd is built for {named}, the guests are {arch}")
     if missing:
         raise RefusedError(
             f"{what} cannot be made a read-only root: {'; '.join(missing)}; nothing was written"
@@ -98,8 +107,20 @@ def check_system(root: Path, what: str) -> str:
     return found[0]
 
 
-def _inside(root: Path, rel: str) -> bool:
-    """Whether `rel` exists in the tree at `root`, its symlinks resolved inside that tree."""
+def _elf_machine(path: Path) -> int | None:
+    """e_machine of an ELF program, or None when it is none (a test's stand-in)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def _resolve(root: Path, rel: str) -> Path | None:
+    """`rel` in the tree at `root`, its symlinks resolved inside that tree; None if absent."""
     todo = [p for p in rel.split("/") if p]
     done: list[str] = []
     hops = 40
@@ -112,18 +133,18 @@ def _inside(root: Path, rel: str) -> bool:
         try:
             st = os.lstat(root.joinpath(*done, name))
         except OSError:
-            return False
+            return None
         if stat.S_ISLNK(st.st_mode):
             hops -= 1
             target = os.readlink(root.joinpath(*done, name))
             if hops < 0:
-                return False
+                return None
             if target.startswith("/"):
                 done = []
             todo = [p for p in target.split("/") if p] + todo
             continue
         done.append(name)
-    return True
+    return root.joinpath(*done)
 
 
 @dataclass(frozen=True)
@@ -223,7 +244,9 @@ def _terminated_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def opened(src: Source, tmp: Path, log: Log, *, dry_run: bool = False) -> Iterator[Path | None]:
+def opened(
+    src: Source, tmp: Path, log: Log, *, arch: str | None = None, dry_run: bool = False
+) -> Iterator[Path | None]:
     """The system's root directory, checked; for an image, mounted read-only until the end.
 
     Image mounts live in this command's private mount namespace and use loop devices
@@ -232,7 +255,7 @@ def opened(src: Source, tmp: Path, log: Log, *, dry_run: bool = False) -> Iterat
     Yields None for a qcow2 image in a dry run (reading it needs a converted copy).
     """
     if not src.is_image:
-        generator = check_system(src.path, f"{src.option} {src.path}")
+        generator = check_system(src.path, f"{src.option} {src.path}", arch)
         log(f"{src.path}: systemd, {generator}")
         yield src.path
         return
@@ -252,7 +275,7 @@ def opened(src: Source, tmp: Path, log: Log, *, dry_run: bool = False) -> Iterat
             run(["qemu-img", "convert", "-f", fmt, "-O", "raw", src.path, raw])
         found = volumes(raw)
         root = stack.enter_context(_mount_root(raw, src.path, found, log))
-        generator = check_system(root, f"{src.option} {src.path}")
+        generator = check_system(root, f"{src.option} {src.path}", arch)
         log(f"{src.path}: systemd, {generator}")
         yield root
 
@@ -296,7 +319,7 @@ def _fstab_mounts(
 ) -> list[tuple[str, Volume, tuple[str, ...]]]:
     """The image's own fstab: its other filesystems, parents first."""
     fstab = root / "etc/fstab"
-    if not _inside(root, "etc/fstab") or fstab.is_symlink():
+    if _resolve(root, "etc/fstab") is None or fstab.is_symlink():
         return []
     by_name = {n: v for v in found for n in v.names}
     out: list[tuple[str, Volume, tuple[str, ...]]] = []

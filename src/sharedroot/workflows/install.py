@@ -81,7 +81,9 @@ def install(
         # An imported system is checked (and an image mounted read-only) before any write.
         imported = None
         if given is not None:
-            opened = importsys.opened(given, site.home / "tmp", ui.step, dry_run=opts.dry_run)
+            opened = importsys.opened(
+                given, site.home / "tmp", ui.step, arch=platform.arch, dry_run=opts.dry_run
+            )
             imported = stack.enter_context(opened)
 
         def build() -> dict[str, object]:
