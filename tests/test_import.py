@@ -296,6 +296,21 @@ def test_what_is_no_system_image_is_refused(tmp_path: Path) -> None:
         place(two, at, fs_image)
     err = refused(site, "--from-image", str(two))
     assert "several candidate roots: partition 1, partition 2" in err, err
+    # an LV of two segments (extended after another LV was made) needs device-mapper
+    lvm_disk = tmp_path / "pv.raw"
+    run(["truncate", "-s", str(64 * M), lvm_disk])
+    pv = run(["losetup", "--show", "--find", lvm_disk]).stdout.strip()
+    try:
+        lvm = ["--devices", pv, "--driverloaded", "n"]
+        run(["vgcreate", *lvm, "vgtwo", pv], env=LVM_QUIET)
+        for name in ("root", "other"):
+            run(["lvcreate", *lvm, "-an", "-Zn", "-L", "8M", "-n", name, "vgtwo"], env=LVM_QUIET)
+        run(["lvextend", *lvm, "-L", "+8M", "vgtwo/root"], env=LVM_QUIET)
+    finally:
+        run(["losetup", "-d", pv])
+    err = refused(site, "--from-image", str(lvm_disk))
+    assert "no root filesystem it can read: LV vgtwo/root has 2 segments" in err, err
+    assert "without device-mapper" in err, err
     # paths that are not allowed
     for args, message in (
         (["--from-image", str(tmp_path)], "not a regular file"),
@@ -306,7 +321,7 @@ def test_what_is_no_system_image_is_refused(tmp_path: Path) -> None:
     ):
         err = refused(site, *args)
         assert message in err, (args, err)
-    images = [empty, table, text, vmdk, two]
+    images = [empty, table, text, vmdk, two, lvm_disk]
     assert attached_loops(*images) == []
 
 

@@ -284,13 +284,16 @@ def opened(
 def _mount_root(raw: Path, given: Path, found: list[Volume], log: Log) -> Iterator[Path]:
     private_mounts()
     readable = [v for v in found if v.fstype in FILESYSTEMS]
+    if not readable and found:
+        seen = "; ".join(f"{v.what} {v.fstype.removeprefix('unreadable: ')}" for v in found)
+        raise RefusedError(
+            f"--from-image {given}: no root filesystem it can read: {seen}; nothing was written"
+        )
     if not readable:
-        seen = "; ".join(f"{v.what}: {v.fstype}" for v in found)
         raise RefusedError(
             f"--from-image {given}: no root filesystem found: no {', '.join(FILESYSTEMS[:-1])}"
-            f" or {FILESYSTEMS[-1]} filesystem on a partition, an LVM volume or the bare image"
-            f"{f' ({seen})' if seen else ''}; is it a disk of an installed Linux?"
-            " Nothing was written"
+            f" or {FILESYSTEMS[-1]} filesystem on a partition, an LVM volume or the bare image;"
+            " is it a disk of an installed Linux? Nothing was written"
         )
     top = Path(tempfile.mkdtemp(prefix="sharedroot-import-"))
     with contextlib.ExitStack() as stack:
