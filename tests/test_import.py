@@ -183,12 +183,28 @@ def ls(image: Path, path: str) -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if line.strip()} - {".", ".."}
 
 
+@pytest.fixture
+def worker_vg(tmp_path: Path) -> Iterator[Path]:
+    """A volume group of the worker's own named like the image's (vgsys), on a loop device."""
+    disk = tmp_path / "worker-pv.raw"
+    run(["truncate", "-s", str(16 * M), disk])
+    pv = run(["losetup", "--show", "--find", disk]).stdout.strip()
+    try:
+        lvm = ["--devices", pv, "--driverloaded", "n"]
+        run(["vgcreate", *lvm, "vgsys", pv], env=LVM_QUIET)
+        run(["lvcreate", *lvm, "-an", "-Zn", "-L", "4M", "-n", "root", "vgsys"], env=LVM_QUIET)
+        yield disk
+    finally:
+        run(["losetup", "-d", pv])
+
+
 @pytest.mark.parametrize("kind", ["qcow2", "lvm"])
 def test_an_image_is_imported_split_by_mount_point(
-    kind: str, images: dict[str, Path], tmp_path: Path
+    kind: str, images: dict[str, Path], tmp_path: Path, worker_vg: Path
 ) -> None:
     image = images[kind]
     before = sha256(image)
+    worker_vg_before = sha256(worker_vg)
     dm_before = mapper_devices()
     site = fresh_site(tmp_path)
     disks_before = tree_hashes(site.home / "disks")
@@ -215,6 +231,7 @@ def test_an_image_is_imported_split_by_mount_point(
     # the guest's fstab is the layout's, not the image's
     assert "by-id/virtio-01B7" in cat(root, "etc/fstab")
     assert sha256(image) == before  # read-only, really
+    assert sha256(worker_vg) == worker_vg_before  # the worker's own vgsys, untouched
     assert attached_loops(image) == [] and mapper_devices() == dm_before
     assert list((site.home / "tmp").iterdir()) == []  # no converted image, no staging copy
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,9 @@ def _terminated_as_interrupt() -> Iterator[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread takes signals (a server's job thread: its own rules)
+        return
     before = signal.signal(signal.SIGTERM, stop)
     try:
         yield
@@ -301,7 +305,7 @@ def _mount_root(raw: Path, given: Path, found: list[Volume], log: Log) -> Iterat
         roots: list[Volume] = []
         for v in readable:  # a root holds etc/ and usr/; /usr, /boot, /var do not
             with _mounted(raw, v, top, ()):
-                if (top / "etc").is_dir() and (top / "usr").is_dir():
+                if _is_dir(top, "/etc") and _is_dir(top, "/usr"):  # symlinks: not followed
                     roots.append(v)
         if len(roots) != 1:
             named = ", ".join(f"{v.what} ({v.fstype})" for v in readable)
