@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sharedroot.errors import OperationError
-from sharedroot.guestos import earlybind, foreign, pmem, zipl
+from sharedroot.guestos import dracut, earlybind, foreign, pmem, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.platform import BootLoader
@@ -26,7 +26,7 @@ from sharedroot.guestos.recipe import DEFAULT_RECIPE, Recipe, recipe_key
 from sharedroot.guestos.tree import replace_file
 from sharedroot.guestos.vmlinux import extract_vmlinux
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, BootConfig, render_boot_config
-from sharedroot.model.types import Network
+from sharedroot.model.types import Initramfs, Network
 from sharedroot.run import run
 
 COMPLETE_MARK = ".sharedroot-complete"
@@ -148,8 +148,12 @@ def _preconfigure(root: Path, recipe: Recipe) -> None:
     The early /etc binding goes in from the start (initramfs-tools scripts or the dracut
     module), idle until a read-only root's boot configuration switches it on.
     """
-    _initramfs_tools_config(root, recipe)
-    earlybind.write_scripts(root)
+    if recipe.initramfs is Initramfs.DRACUT:
+        dracut.write_config(root, recipe.initramfs_modules, recipe.initramfs_compress)
+        dracut.write_module(root)
+    else:
+        _initramfs_tools_config(root, recipe)
+        earlybind.write_scripts(root)
     write_fstab(root, recipe.layout, platform=recipe.platform)
     if recipe.arch == "amd64":  # virtio-pmem (PCI) for the gold in memory: x86_64 only
         pmem.write_rule(root, recipe.layout)

@@ -30,6 +30,68 @@ def cmdline_words(address: str, fs: str) -> list[str]:
     return [word, "fsck.mode=skip"]
 
 
+# The work itself, as one shell function shared by both initramfs tools: each wraps it
+# in its own glue (initramfs-tools runs a script, dracut sources a hook into its init,
+# where `exit` would end init and names would clobber its own: so `return` and `local`).
+# $1 is where the new root is mounted; the glue defines sharedroot_warn.
+BIND_FUNCTION = f"""sharedroot_local() {{
+    local newroot spec addr fs dev n word fdev fdir ftype fopts ffreq fpass rest d
+    newroot="$1"
+    spec=""
+    for word in $(cat /proc/cmdline); do
+        case "$word" in {CMDLINE_KEY}=*) spec="${{word#{CMDLINE_KEY}=}}" ;; esac
+    done
+    [ -n "$spec" ] || return 0
+    addr="${{spec%%:*}}"
+    fs="${{spec#*:}}"
+    case "$addr" in [0-9A-F][0-9A-F][0-9A-F][0-9A-F]) ;; *)
+        sharedroot_warn "sharedroot: bad {CMDLINE_KEY}=$spec"; return 0 ;; esac
+    case "$fs" in ext2|ext3|ext4|xfs) ;; *)
+        sharedroot_warn "sharedroot: bad {CMDLINE_KEY}=$spec"; return 0 ;; esac
+
+    # The gold's fstab names /local's device as the platform does (virtio serial or ccw
+    # by-path): take it from there; a virtio serial is the fallback.
+    dev="/dev/disk/by-id/virtio-$addr"
+    if [ -r "$newroot/etc/fstab" ]; then
+        while read -r fdev fdir rest; do
+            [ "$fdir" = /local ] || continue
+            case "$fdev" in
+                /dev/disk/by-id/virtio-[0-9A-F][0-9A-F][0-9A-F][0-9A-F]) dev="$fdev" ;;
+                /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]) dev="$fdev" ;;
+                /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-part1) dev="$fdev" ;;
+            esac
+        done < "$newroot/etc/fstab"
+    fi
+    n=0
+    while [ ! -b "$dev" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    if [ ! -b "$dev" ]; then
+        sharedroot_warn "sharedroot: no /local disk $dev; /etc stays the gold's (read-only)"
+        return 0
+    fi
+    # As boot.rootfsck did: check /local before using it (exit 1 means errors were fixed).
+    if command -v e2fsck >/dev/null && [ "$fs" != xfs ]; then e2fsck -p "$dev" >/dev/null 2>&1; fi
+    if ! mount -t "$fs" -o rw "$dev" "$newroot/local"; then
+        sharedroot_warn "sharedroot: cannot mount $dev on /local; /etc stays the gold's"
+        return 0
+    fi
+    for d in {" ".join(BOUND)}; do
+        [ -d "$newroot/local/$d" ] && mount -o bind "$newroot/local/$d" "$newroot/$d"
+    done
+    # As boot.rootfsck did: check the other read-write filesystems (/var) here, while the
+    # root stays read-only. The boot configuration passes fsck.mode=skip, since a check of
+    # the read-only disks fails (they cannot be opened for writing) and costs a 5 s pause.
+    if command -v e2fsck >/dev/null && [ -r "$newroot/etc/fstab" ]; then
+        while read -r fdev fdir ftype fopts ffreq fpass rest; do
+            case "$fdev" in /dev/disk/by-id/virtio-*|/dev/disk/by-path/ccw-*) ;; *) continue ;; esac
+            case "$ftype" in ext2|ext3|ext4) ;; *) continue ;; esac
+            [ "${{fpass:-0}}" != 0 ] && [ "$fdir" != /local ] || continue
+            e2fsck -p "$fdev" >/dev/null 2>&1
+        done < "$newroot/etc/fstab"
+    fi
+    return 0
+}}
+"""
+
 LOCAL_BOTTOM_SCRIPT = f"""#!/bin/sh
 {MARKER}
 # A read-only clone's own /etc, /root and /srv come from its /local disk, bound over the
@@ -38,58 +100,10 @@ PREREQ=""
 prereqs() {{ echo "$PREREQ"; }}
 case "$1" in prereqs) prereqs; exit 0 ;; esac
 . /scripts/functions
+sharedroot_warn() {{ log_failure_msg "$*"; }}
 
-spec=""
-for word in $(cat /proc/cmdline); do
-    case "$word" in {CMDLINE_KEY}=*) spec="${{word#{CMDLINE_KEY}=}}" ;; esac
-done
-[ -n "$spec" ] || exit 0
-addr="${{spec%%:*}}"
-fs="${{spec#*:}}"
-case "$addr" in [0-9A-F][0-9A-F][0-9A-F][0-9A-F]) ;; *)
-    log_failure_msg "sharedroot: bad {CMDLINE_KEY}=$spec"; exit 0 ;; esac
-case "$fs" in ext2|ext3|ext4|xfs) ;; *)
-    log_failure_msg "sharedroot: bad {CMDLINE_KEY}=$spec"; exit 0 ;; esac
-
-# The gold's fstab names /local's device as the platform does (virtio serial or ccw
-# by-path): take it from there; a virtio serial is the fallback.
-dev="/dev/disk/by-id/virtio-$addr"
-if [ -r "${{rootmnt}}/etc/fstab" ]; then
-    while read -r fdev fdir rest; do
-        [ "$fdir" = /local ] || continue
-        case "$fdev" in
-            /dev/disk/by-id/virtio-[0-9A-F][0-9A-F][0-9A-F][0-9A-F]) dev="$fdev" ;;
-            /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]) dev="$fdev" ;;
-            /dev/disk/by-path/ccw-0.0.[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-part1) dev="$fdev" ;;
-        esac
-    done < "${{rootmnt}}/etc/fstab"
-fi
-n=0
-while [ ! -b "$dev" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-if [ ! -b "$dev" ]; then
-    log_failure_msg "sharedroot: no /local disk $dev; /etc stays the gold's (read-only)"
-    exit 0
-fi
-# As boot.rootfsck did: check /local before using it (exit 1 means errors were fixed).
-if [ -x /sbin/e2fsck ] && [ "$fs" != xfs ]; then /sbin/e2fsck -p "$dev" >/dev/null 2>&1; fi
-if ! mount -t "$fs" -o rw "$dev" "${{rootmnt}}/local"; then
-    log_failure_msg "sharedroot: cannot mount $dev on /local; /etc stays the gold's"
-    exit 0
-fi
-for d in {" ".join(BOUND)}; do
-    [ -d "${{rootmnt}}/local/$d" ] && mount -o bind "${{rootmnt}}/local/$d" "${{rootmnt}}/$d"
-done
-# As boot.rootfsck did: check the other read-write filesystems (/var) here, while the
-# root stays read-only. The boot configuration passes fsck.mode=skip, since a check of
-# the read-only disks fails (they cannot be opened for writing) and costs a 5 s pause.
-if [ -x /sbin/e2fsck ] && [ -r "${{rootmnt}}/etc/fstab" ]; then
-    while read -r fdev fdir ftype fopts ffreq fpass rest; do
-        case "$fdev" in /dev/disk/by-id/virtio-*|/dev/disk/by-path/ccw-*) ;; *) continue ;; esac
-        case "$ftype" in ext2|ext3|ext4) ;; *) continue ;; esac
-        [ "${{fpass:-0}}" != 0 ] && [ "$fdir" != /local ] || continue
-        /sbin/e2fsck -p "$fdev" >/dev/null 2>&1
-    done < "${{rootmnt}}/etc/fstab"
-fi
+{BIND_FUNCTION}
+sharedroot_local "${{rootmnt}}"
 exit 0
 """
 

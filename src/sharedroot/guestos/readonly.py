@@ -2,9 +2,9 @@
 
 Works on the staging guest's disks mounted as one tree on the worker.  For a modern
 systemd distribution the paper's boot.rootfsck patch becomes an initramfs-tools
-local-bottom script (earlybind.py): /local is mounted and etc, root and srv are bound
-from it over the read-only root BEFORE PID 1 starts, so systemd reads the clone's own
-/etc (its hostname, machine-id, fstab) and never the gold's.
+local-bottom script (earlybind.py) or a dracut module (dracut.py): /local is mounted and
+etc, root and srv are bound from it over the read-only root BEFORE PID 1 starts, so
+systemd reads the clone's own /etc (its hostname, machine-id, fstab) and never the gold's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos import earlybind, pmem, zipl
+from sharedroot.guestos import dracut, earlybind, pmem, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
@@ -42,20 +42,39 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def check_supported(root: Path) -> None:
-    """Only initramfs-tools systems can bind /etc early so far; say so for dracut ones."""
-    if (root / "usr/sbin/update-initramfs").exists():
+    """The system must build its initramfs with initramfs-tools or dracut: the early
+    /etc binding lives there."""
+    if (root / "usr/sbin/update-initramfs").exists() or dracut.uses_dracut(root):
         return
-    if (root / "usr/bin/dracut").exists() or (root / "etc/dracut.conf").exists():
-        raise RefusedError(
-            "this system builds its initramfs with dracut (SUSE, RHEL, Fedora); binding"
-            " /etc from /local before PID 1 needs a dracut module that sharedroot does not"
-            " have yet. Only initramfs-tools systems (Debian, Ubuntu) can be made read-only"
-        )
-    raise RefusedError("no initramfs-tools in this system: cannot bind /etc before PID 1")
+    raise RefusedError(
+        "no initramfs tool in this system (neither initramfs-tools' update-initramfs nor"
+        " dracut): cannot bind /etc from /local before PID 1"
+    )
 
 
 def _kernel_versions(root: Path) -> list[str]:
     return sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
+
+
+def _ensure_early_bind(root: Path, log: Log) -> None:
+    """Rebuild the initramfs when its early bind is missing or outdated (a system
+    installed before the switch existed, or an older module)."""
+    if not (root / "usr/sbin/update-initramfs").exists():  # dracut (check_supported)
+        if dracut.installed(root):
+            return
+        dracut.write_module(root)
+        with chroot_mounts(root):
+            for version in _kernel_versions(root):
+                log(f"dracut for {version} (adds the module 90sharedroot)")
+                run(dracut.rebuild_argv(root, version), timeout=900)
+        return
+    if earlybind.installed(root):
+        return
+    earlybind.write_scripts(root)
+    with chroot_mounts(root):
+        for version in _kernel_versions(root):
+            log(f"update-initramfs for {version} (adds the early bind script)")
+            run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
 
 
 def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIRTIO) -> None:
@@ -80,12 +99,7 @@ def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIR
     run(["cp", "-a", root / PKGDB_MOUNT, root / PKGDB])
     extra = cmdline_words(local.address, local.fs)
     log(f"boot: {' '.join(extra)}: bind {', '.join('/' + b for b in BOUND)} from /local")
-    if not earlybind.installed(root):  # a system installed before the switch existed
-        earlybind.write_scripts(root)
-        with chroot_mounts(root):
-            for version in _kernel_versions(root):
-                log(f"update-initramfs for {version} (adds the early bind script)")
-                run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
+    _ensure_early_bind(root, log)
     conf_path = root / "boot" / BOOT_CONFIG_NAME
     conf = parse_boot_config(conf_path.read_text())
     words = [w for w in conf.cmdline.split() if w not in extra and w != "rw"]

@@ -6,9 +6,12 @@ from sharedroot.model.types import Distro, Initramfs, Network
 DISTRIBUTION = Distribution(
     distro=Distro.DEBIAN_BOOKWORM,
     suite="bookworm",
-    initramfs=(Initramfs.INITRAMFS_TOOLS,),
+    initramfs=(Initramfs.INITRAMFS_TOOLS, Initramfs.DRACUT),
     networks=(Network.NETWORKD, Network.IFUPDOWN),
-    initramfs_packages=((Initramfs.INITRAMFS_TOOLS, ("initramfs-tools", "zstd")),),
+    initramfs_packages=(
+        (Initramfs.INITRAMFS_TOOLS, ("initramfs-tools", "zstd")),
+        (Initramfs.DRACUT, ("dracut", "zstd")),
+    ),
     network_packages=(
         (Network.NETWORKD, ()),
         (Network.IFUPDOWN, ("ifupdown", "isc-dhcp-client")),
