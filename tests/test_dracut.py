@@ -16,10 +16,7 @@ import pytest
 from conftest import BootSite
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.guestos import distros, dracut, earlybind
-from sharedroot.guestos.readonly import check_supported, make_readonly
 from sharedroot.guestos.recipe import DEFAULT_RECIPE
-from sharedroot.hypervisor.ipl import BootConfig, parse_boot_config, render_boot_config
-from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.types import Distro, Initramfs, Network
 
 
@@ -93,27 +90,6 @@ def test_both_distributions_offer_dracut_on_amd64_only() -> None:
         assert "dracut" in dist.packages(Initramfs.DRACUT, Network.NETWORKD)
         with pytest.raises(RefusedError, match="no dracut boot path on s390x"):
             dist.choose("s390x", Initramfs.DRACUT, None)
-
-
-def test_a_dracut_system_is_made_read_only_without_a_rebuild(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    for d in ("usr/bin", "boot", "var/lib/dpkg", "etc", "root", "srv", "local"):
-        (root / d).mkdir(parents=True)
-    (root / "usr/bin/dracut").write_text("#!/bin/sh\nexit 1\n")
-    (root / "var/lib/dpkg/status").write_text("Package: base-files\n")
-    (root / "boot/sharedroot.conf").write_text(
-        render_boot_config(
-            BootConfig("vmlinux-6.1", "initrd.img-6.1", "root=/dev/disk/by-id/virtio-01B1 rw")
-        )
-    )
-    dracut.write_module(root)  # as the golden tree has it since install
-    check_supported(root)
-    said: list[str] = []
-    make_readonly(root, PAPER_LAYOUT, said.append)
-    assert not any("dracut for" in line for line in said), said
-    cmdline = parse_boot_config((root / "boot/sharedroot.conf").read_text()).cmdline.split()
-    assert cmdline[-2:] == ["sharedroot.local=01B5:ext4", "fsck.mode=skip"]
-    assert (root / "local/etc/fstab").is_file()
 
 
 # ---------------------------------------------------------------- real boots

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos import earlybind
+from sharedroot.guestos import dracut, earlybind
 from sharedroot.guestos.readonly import PKGDB, make_readonly
 from sharedroot.hypervisor.ipl import BootConfig, parse_boot_config, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT
@@ -69,3 +69,16 @@ def test_a_system_without_an_initramfs_tool_is_refused_clearly(tree: Path) -> No
     with pytest.raises(RefusedError, match=r"neither initramfs-tools.* nor dracut"):
         make_readonly(tree, PAPER_LAYOUT, print)
     assert not (tree / "etc/fstab").exists()
+
+
+def test_a_dracut_system_is_made_read_only_without_a_rebuild(tree: Path) -> None:
+    (tree / "usr/sbin/update-initramfs").unlink()
+    (tree / "usr/bin").mkdir()
+    (tree / "usr/bin/dracut").write_text("#!/bin/sh\nexit 1\n")
+    dracut.write_module(tree)  # as a dracut golden tree has it since install
+    said: list[str] = []
+    make_readonly(tree, PAPER_LAYOUT, said.append)
+    assert not any(line.startswith("dracut for") for line in said), said
+    cmdline = parse_boot_config((tree / "boot/sharedroot.conf").read_text()).cmdline.split()
+    assert cmdline[-2:] == ["sharedroot.local=01B5:ext4", "fsck.mode=skip"]
+    assert (tree / "local/etc/fstab").is_file()

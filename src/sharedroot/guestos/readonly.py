@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
@@ -56,25 +57,30 @@ def _kernel_versions(root: Path) -> list[str]:
     return sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
 
 
+def _update_initramfs_argv(root: Path, version: str) -> list[str | Path]:
+    return ["chroot", root, "update-initramfs", "-u", "-k", version]
+
+
 def _ensure_early_bind(root: Path, log: Log) -> None:
     """Rebuild the initramfs when its early bind is missing or outdated (a system
     installed before the switch existed, or an older module)."""
-    if not (root / "usr/sbin/update-initramfs").exists():  # dracut (check_supported)
+    argv: Callable[[str], list[str | Path]]
+    if (root / "usr/sbin/update-initramfs").exists():
+        if earlybind.installed(root):
+            return
+        earlybind.write_scripts(root)
+        what = "update-initramfs for {} (adds the early bind script)"
+        argv = partial(_update_initramfs_argv, root)
+    else:  # dracut (check_supported let nothing else through)
         if dracut.installed(root):
             return
         dracut.write_module(root)
-        with chroot_mounts(root):
-            for version in _kernel_versions(root):
-                log(f"dracut for {version} (adds the module 90sharedroot)")
-                run(dracut.rebuild_argv(root, version), timeout=900)
-        return
-    if earlybind.installed(root):
-        return
-    earlybind.write_scripts(root)
+        what = "dracut for {} (adds the module 90sharedroot)"
+        argv = partial(dracut.rebuild_argv, root)
     with chroot_mounts(root):
         for version in _kernel_versions(root):
-            log(f"update-initramfs for {version} (adds the early bind script)")
-            run(["chroot", root, "update-initramfs", "-u", "-k", version], timeout=900)
+            log(what.format(version))
+            run(argv(version), timeout=900)
 
 
 def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIRTIO) -> None:
