@@ -73,6 +73,12 @@ check() {{ return 0; }}
 depends() {{ echo base fs-lib; return 0; }}
 install() {{
     inst_multiple e2fsck mount blockdev
+    # udev's 71-seat.rules runs `loginctl lock-sessions` for one USB device; an initramfs
+    # has no sessions, and the real loginctl drags in systemd's shared library and its
+    # dependencies (6 MB). dracut copies no program already in place: a no-op it is.
+    mkdir -p "$initdir/usr/bin"
+    printf '#!/bin/sh\\nexit 0\\n' > "$initdir/usr/bin/loginctl"
+    chmod 755 "$initdir/usr/bin/loginctl"
     # The gold's disks mapped as memory are named by this rule (root= may be one).
     if [ -e "/{pmem.RULE}" ]; then inst_rules "/{pmem.RULE}"; fi
     # Before usrmount (pre-pivot 50), so /usr comes from the clone's own fstab.
