@@ -18,7 +18,9 @@ LOCAL_BOTTOM = "etc/initramfs-tools/scripts/local-bottom/sharedroot-local"
 HOOK = "etc/initramfs-tools/hooks/sharedroot-local"
 BOUND = ("etc", "root", "srv")  # bound from /local at boot (the paper's three)
 CMDLINE_KEY = "sharedroot.local"
-MARKER = "# sharedroot early bind v4"  # a script without it predates the command-line switch
+# A script without it predates the command-line switch. Still v4 since the body became
+# a function shared with dracut: it does the same, so built trees need no rebuild.
+MARKER = "# sharedroot early bind v4"
 
 
 def cmdline_words(address: str, fs: str) -> list[str]:
