@@ -81,6 +81,11 @@ def test_the_command_line_word_switches_the_bind_on_and_is_checked(tmp_path: Pat
     assert words == ["sharedroot.local=01B5:ext4", "fsck.mode=skip"]
     with pytest.raises(InputError):
         earlybind.cmdline_words("01B5", "ext4 init=/bin/sh")
+    argv = dracut.rebuild_argv(Path("/t"), "6.1.0-50-amd64")
+    assert argv[-2:] == ["/boot/initrd.img-6.1.0-50-amd64", "6.1.0-50-amd64"]
+    assert "--no-hostonly" in argv  # in the chroot the host is the worker
+    with pytest.raises(InputError):
+        dracut.rebuild_argv(Path("/t"), "../../etc/passwd")
 
 
 def test_both_distributions_offer_dracut_on_amd64_only() -> None:

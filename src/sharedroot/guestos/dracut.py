@@ -114,11 +114,28 @@ def installed(root: Path) -> bool:
 
 
 def uses_dracut(root: Path) -> bool:
-    return any((root / p).exists() for p in ("usr/bin/dracut", "etc/dracut.conf"))
+    paths = ("usr/bin/dracut", "usr/sbin/dracut", "sbin/dracut", "etc/dracut.conf")
+    return any((root / p).exists() for p in paths)
 
 
 def rebuild_argv(root: Path, version: str) -> list[str | Path]:
-    """dracut in the tree's chroot, writing the initramfs where the boot config has it."""
+    """dracut in the tree's chroot, writing the initramfs where the boot config has it.
+
+    Never host-only (in the chroot the host is the worker) and always with our module,
+    whatever the configuration of a system sharedroot did not build says.
+    """
     if not re.fullmatch(r"[0-9][A-Za-z0-9.+~_-]*", version):
         raise InputError(f"kernel version {version!r}: not a kernel release")
-    return ["chroot", root, "dracut", "-q", "-f", f"/boot/initrd.img-{version}", version]
+    image = f"/boot/initrd.img-{version}"
+    return [
+        "chroot",
+        root,
+        "dracut",
+        "-q",
+        "-f",
+        "--no-hostonly",
+        "--add",
+        "sharedroot",
+        image,
+        version,
+    ]
