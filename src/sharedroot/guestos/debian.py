@@ -210,6 +210,18 @@ iface lo inet loopback
 source /etc/network/interfaces.d/*
 """
 
+# NetworkManager reads connections from keyfiles only (Debian also loads its ifupdown
+# plugin, which would leave a NIC named in /etc/network/interfaces unmanaged). Its
+# automatic DHCP profile stays for a system without a parm file: NM makes none for a NIC
+# that findself's keyfile matches.
+NM_CONF = "etc/NetworkManager/conf.d/10-sharedroot.conf"
+NM_DEFAULT = """\
+# sharedroot: connections from keyfiles only; findself writes this guest's from its
+# parm file (system-connections/sharedroot.nmconnection).
+[main]
+plugins=keyfile
+"""
+
 # Units that wait for network-online: nothing here needs it, and waiting only fails
 # boots without DHCP.
 _WAIT_ONLINE = {
@@ -229,6 +241,11 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     elif recipe.network is Network.IFUPDOWN:
         (root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
         (root / "etc/network/interfaces").write_text(IFUPDOWN_DEFAULT)
+    elif recipe.network is Network.NETWORKMANAGER:
+        conf = root / NM_CONF
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(NM_DEFAULT)
+        enable.append("NetworkManager")
     (root / "etc/systemd/system/sharedroot-ssh-keygen.service").write_text(SSH_KEYGEN_UNIT)
     run(["chroot", root, "systemctl", "enable", *enable], env=env)
     # e2scrub only works on LVM snapshots; here it costs seconds of every TCG boot.
@@ -236,6 +253,9 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     wait = _WAIT_ONLINE[recipe.network]
     if _unit_exists(root, f"{wait}.service"):
         disable.append(wait)
+    if recipe.network is Network.NETWORKMANAGER and _unit_exists(root, "systemd-networkd.service"):
+        # One stack owns the NIC: findself writes for the one that is enabled.
+        disable += ["systemd-networkd.service", "systemd-networkd.socket"]
     run(["chroot", root, "systemctl", "disable", *disable], env=env)
     run(["chroot", root, "passwd", "-l", "root"], env=env)
     # Each clone must get its own identity: no host keys, machine-id made at first boot.
