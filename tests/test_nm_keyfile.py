@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from sharedroot.errors import InputError
+from sharedroot.guestos import debian, network
 from sharedroot.guestos import findself as fs
-from sharedroot.guestos import network
 from sharedroot.guestos.findself_apply import write_network
 from sharedroot.guestos.platform import VIRTIO
 from sharedroot.guestos.recipe import recipe_for
 from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.parm import Identity, format_parm
 from sharedroot.model.types import DeviceBus, Distro, Network
+from sharedroot.run import have, run
 
 LNX226 = Identity("lnx226.example.com", "10.0.2.26", 24, "10.0.2.2", "10.0.2.3")
 NM_UNIT = "lib/systemd/system/NetworkManager.service"
@@ -200,3 +201,23 @@ def test_both_distributions_offer_networkmanager(distro: Distro) -> None:
     )  # fmt: skip
     assert r.network is Network.NETWORKMANAGER and "network-manager" in r.packages
     assert "systemd-networkd" not in r.packages
+
+
+def test_first_boot_presets_keep_the_golds_disabled_units_off(tmp_path: Path) -> None:
+    """PID 1's first-boot `preset-all` (enable only), done by systemctl on a tree."""
+    if not have("systemctl"):
+        pytest.skip("no systemctl")
+    units = tmp_path / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for unit in ("systemd-networkd.service", "NetworkManager-wait-online.service", "x.service"):
+        (units / unit).write_text(
+            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+        )
+    presets = tmp_path / "usr/lib/systemd/system-preset"
+    presets.mkdir(parents=True)
+    # Debian's own: networkd named, everything else enabled by default
+    (presets / "90-systemd.preset").write_text("enable systemd-networkd.service\n")
+    debian._write_presets(tmp_path, ["systemd-networkd.service", "NetworkManager-wait-online"])
+    run(["systemctl", f"--root={tmp_path}", "preset-all", "--preset-mode=enable-only"])
+    wants = tmp_path / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == ["x.service"]

@@ -223,7 +223,8 @@ plugins=keyfile
 """
 
 # Units that wait for network-online: nothing here needs it, and waiting only fails
-# boots without DHCP.
+# boots without DHCP.  Masked, not disabled: enabling the stack's own unit (again at a
+# clone's first boot, by preset) enables its wait-online unit through Also=.
 _WAIT_ONLINE = {
     Network.NETWORKD: "systemd-networkd-wait-online",
     Network.IFUPDOWN: "ifupdown-wait-online",
@@ -252,11 +253,16 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     disable = ["e2scrub_reap", "e2scrub_all.timer"]
     wait = _WAIT_ONLINE[recipe.network]
     if _unit_exists(root, f"{wait}.service"):
-        disable.append(wait)
-    if recipe.network is Network.NETWORKMANAGER and _unit_exists(root, "systemd-networkd.service"):
+        run(["chroot", root, "systemctl", "mask", wait], env=env)
+    if recipe.network is not Network.NETWORKD and _unit_exists(root, "systemd-networkd.service"):
         # One stack owns the NIC: findself writes for the one that is enabled.
-        disable += ["systemd-networkd.service", "systemd-networkd.socket"]
+        disable += [
+            "systemd-networkd.service",
+            "systemd-networkd.socket",
+            "systemd-networkd-wait-online.service",
+        ]
     run(["chroot", root, "systemctl", "disable", *disable], env=env)
+    _write_presets(root, disable)
     run(["chroot", root, "passwd", "-l", "root"], env=env)
     # Each clone must get its own identity: no host keys, machine-id made at first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -264,6 +270,26 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     (root / "etc/machine-id").write_text("uninitialized\n")
     with contextlib.suppress(FileNotFoundError):
         (root / "var/lib/dbus/machine-id").unlink()
+
+
+PRESET_FILE = "etc/systemd/system-preset/10-sharedroot.preset"
+
+
+def _write_presets(root: Path, disabled: list[str]) -> None:
+    """Keep what the gold disables disabled at a clone's first boot.
+
+    With /etc/machine-id `uninitialized` PID 1 runs `preset-all` (enable only), and
+    Debian's presets enable systemd-networkd and every unit they do not name: a
+    NetworkManager or ifupdown clone would come up with networkd as well.  /etc's
+    preset files come before /usr's, and the first matching line wins.
+    """
+    units = [u if "." in u else f"{u}.service" for u in disabled]
+    text = "# sharedroot: disabled in the gold, not to be enabled at first boot\n" + "".join(
+        f"disable {u}\n" for u in units
+    )
+    path = root / PRESET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _unit_exists(root: Path, unit: str) -> bool:
