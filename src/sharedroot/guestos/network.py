@@ -60,9 +60,9 @@ def detect(root: Path) -> Network | None:
     """What configures the NIC at `root`; None when nothing sharedroot can write for.
 
     NetworkManager when enabled (it would take the NIC from the others); else networkd
-    when enabled; else ifupdown when /etc/network/interfaces exists (NM's Debian package
-    may leave one behind, so the enabled units come first); else networkd when at least
-    installed (every systemd Debian ships it).
+    when enabled; else ifupdown when /etc/network/interfaces exists (a system moved to
+    NM often still has one, so the enabled units come first); else networkd when at
+    least installed (every systemd Debian ships it).
     """
     if _enabled(root, "NetworkManager.service"):
         return Network.NETWORKMANAGER
