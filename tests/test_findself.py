@@ -18,7 +18,7 @@ from sharedroot.errors import InputError
 from sharedroot.guestos import findself as fs
 from sharedroot.guestos import network
 from sharedroot.model.parm import Identity, format_parm
-from sharedroot.model.types import DeviceBus
+from sharedroot.model.types import DeviceBus, Network
 from sharedroot.run import have, run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -212,7 +212,7 @@ def test_ifupdown_image(tree: Path, admin: Path) -> None:
     (nic / "type").write_text("1\n")
     (tree / "sys/class/net/lo").mkdir()
     (tree / "sys/class/net/lo/type").write_text("772\n")
-    assert network.detect(tree) is network.NetStack.IFUPDOWN
+    assert network.detect(tree) is Network.IFUPDOWN
     result, _ = run_findself(tree, admin)
     assert "network (ifupdown, ens3): 10.0.2.26/24 gateway 10.0.2.2" in result.changes
     text = (tree / network.IFUPDOWN_FILE).read_text()

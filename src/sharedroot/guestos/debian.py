@@ -210,8 +210,21 @@ iface lo inet loopback
 source /etc/network/interfaces.d/*
 """
 
+# NetworkManager reads connections from keyfiles only (Debian also loads its ifupdown
+# plugin, which would leave a NIC named in /etc/network/interfaces unmanaged). Its
+# automatic DHCP profile stays for a system without a parm file: NM makes none for a NIC
+# that findself's keyfile matches.
+NM_CONF = "etc/NetworkManager/conf.d/10-sharedroot.conf"
+NM_DEFAULT = """\
+# sharedroot: connections from keyfiles only; findself writes this guest's from its
+# parm file (system-connections/sharedroot.nmconnection).
+[main]
+plugins=keyfile
+"""
+
 # Units that wait for network-online: nothing here needs it, and waiting only fails
-# boots without DHCP.
+# boots without DHCP.  Masked, not disabled: enabling the stack's own unit (again at a
+# clone's first boot, by preset) enables its wait-online unit through Also=.
 _WAIT_ONLINE = {
     Network.NETWORKD: "systemd-networkd-wait-online",
     Network.IFUPDOWN: "ifupdown-wait-online",
@@ -229,14 +242,27 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     elif recipe.network is Network.IFUPDOWN:
         (root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
         (root / "etc/network/interfaces").write_text(IFUPDOWN_DEFAULT)
+    elif recipe.network is Network.NETWORKMANAGER:
+        conf = root / NM_CONF
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(NM_DEFAULT)
+        enable.append("NetworkManager")
     (root / "etc/systemd/system/sharedroot-ssh-keygen.service").write_text(SSH_KEYGEN_UNIT)
     run(["chroot", root, "systemctl", "enable", *enable], env=env)
     # e2scrub only works on LVM snapshots; here it costs seconds of every TCG boot.
     disable = ["e2scrub_reap", "e2scrub_all.timer"]
     wait = _WAIT_ONLINE[recipe.network]
     if _unit_exists(root, f"{wait}.service"):
-        disable.append(wait)
+        run(["chroot", root, "systemctl", "mask", wait], env=env)
+    if recipe.network is not Network.NETWORKD and _unit_exists(root, "systemd-networkd.service"):
+        # One stack owns the NIC: findself writes for the one that is enabled.
+        disable += [
+            "systemd-networkd.service",
+            "systemd-networkd.socket",
+            "systemd-networkd-wait-online.service",
+        ]
     run(["chroot", root, "systemctl", "disable", *disable], env=env)
+    _write_presets(root, disable)
     run(["chroot", root, "passwd", "-l", "root"], env=env)
     # Each clone must get its own identity: no host keys, machine-id made at first boot.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -244,6 +270,26 @@ def _configure(root: Path, recipe: Recipe, env: Mapping[str, str]) -> None:
     (root / "etc/machine-id").write_text("uninitialized\n")
     with contextlib.suppress(FileNotFoundError):
         (root / "var/lib/dbus/machine-id").unlink()
+
+
+PRESET_FILE = "etc/systemd/system-preset/10-sharedroot.preset"
+
+
+def _write_presets(root: Path, disabled: list[str]) -> None:
+    """Keep what the gold disables disabled at a clone's first boot.
+
+    With /etc/machine-id `uninitialized` PID 1 runs `preset-all` (enable only), and
+    Debian's presets enable systemd-networkd and every unit they do not name: a
+    NetworkManager or ifupdown clone would come up with networkd as well.  /etc's
+    preset files come before /usr's, and the first matching line wins.
+    """
+    units = [u if "." in u else f"{u}.service" for u in disabled]
+    text = "# sharedroot: disabled in the gold, not to be enabled at first boot\n" + "".join(
+        f"disable {u}\n" for u in units
+    )
+    path = root / PRESET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _unit_exists(root: Path, unit: str) -> bool:

@@ -16,10 +16,10 @@ Two platforms (`--platform`, the unit names its backend's; by default from the m
   from `vmcp q userid` or /proc/sysinfo, the 0191 CMS disk read with cmsfs-fuse, the
   parm file's OSA card grouped with chzdev.
 
-Runs inside guests from a systemd unit, before the network and sshd start: standard
-library, sharedroot.model/errors/run and its guestos siblings only.  Never fails the
-boot: a bad parm file, no parm file or no admin disk is logged and the previous identity
-is kept.
+This module reads and decides; findself_apply writes the files.  Runs inside guests
+from a systemd unit, before the network and sshd start: standard library,
+sharedroot.model/errors/run and its guestos siblings only.  Never fails the boot: a bad
+parm file, no parm file or no admin disk is logged and the previous identity is kept.
 """
 
 from __future__ import annotations
@@ -29,22 +29,21 @@ import contextlib
 import json
 import os
 import re
-import socket
 import stat
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharedroot.errors import InputError, SharedrootError
-from sharedroot.guestos import network, zvmguest
+from sharedroot.guestos import zvmguest
+from sharedroot.guestos.findself_apply import Log, apply_identity, read_or_none, write_if_changed
 from sharedroot.model.parm import Identity, identity_from_parm
 from sharedroot.model.types import DeviceBus
 from sharedroot.model.types import guest_name as check_guest_name
-from sharedroot.run import CommandError, have, run
+from sharedroot.run import CommandError, run
 
 UNIT_NAME = "sharedroot-findself.service"
 ADMIN_ADDRESS = "0191"
@@ -53,8 +52,6 @@ PARM_SUFFIX = ".PARM-S10"
 SERIAL_FILE = "sys/class/dmi/id/product_serial"
 RECORD_FILE = "etc/sharedroot/identity"
 MAX_PARM_BYTES = 64 * 1024
-
-Log = Callable[[str], None]
 
 
 def _print(line: str) -> None:
@@ -83,8 +80,9 @@ def unit_text(pythonpath: str, platform: DeviceBus) -> str:
 
     Ordering: after local-fs.target (on read-only clones /etc is already /local/etc,
     bound before PID 1; /var is mounted), before anything that reads the hostname,
-    the .network files, resolv.conf or the host keys.  It is Before=sysinit.target so
-    every ordinary service starts after it.  It is also before
+    the network configuration (networkd, ifupdown or NetworkManager), resolv.conf or
+    the host keys.  It is Before=sysinit.target so every ordinary service starts
+    after it.  It is also before
     systemd-machine-id-commit.service, so on a first boot it sees systemd's fresh
     transient machine-id still mounted over /etc/machine-id and leaves it alone.
     WantedBy=sysinit.target (Wants, not Requires): a failure never stops the boot.
@@ -106,6 +104,7 @@ After=systemd-udevd.service systemd-udev-trigger.service modprobe@fuse.service
 Wants=modprobe@fuse.service
 Before=sysinit.target shutdown.target systemd-machine-id-commit.service
 Before=network-pre.target systemd-networkd.service networking.service
+Before=NetworkManager.service
 Before=systemd-resolved.service systemd-hostnamed.service ssh.service
 Wants=network-pre.target
 Conflicts=shutdown.target
@@ -118,7 +117,9 @@ Environment=PYTHONPATH={pythonpath}
 Environment=PYTHONDONTWRITEBYTECODE=1
 ExecStart=/usr/bin/python3 -m sharedroot.guestos.findself --platform {DeviceBus(platform)}
 StandardOutput=journal+console
-TimeoutStartSec=90
+# Two TCG guests beside four others on two cores ran past 90 s (in ssh-keygen); a run
+# cut short is redone whole at the next boot.
+TimeoutStartSec=300
 
 [Install]
 WantedBy=sysinit.target
@@ -195,108 +196,6 @@ def _load_record(root: Path, log: Log) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-# --- writing -----------------------------------------------------------------------
-
-
-def _read_or_none(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Replace `path` with `text` atomically, unless it already holds exactly that.
-
-    A reboot mid-write must never leave a half-written /etc/hosts; an existing file
-    keeps its mode and owner.
-    """
-    if not path.is_symlink() and _read_or_none(path) == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    uid = gid = -1
-    with contextlib.suppress(FileNotFoundError):
-        st = path.lstat()
-        if stat.S_ISREG(st.st_mode):
-            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    tmp = path.with_name(f".{path.name}.findself")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            if uid != -1 and (uid, gid) != (os.getuid(), os.getgid()):
-                os.fchown(f.fileno(), uid, gid)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
-
-
-def _systemd_made(root: Path, current: str) -> bool:
-    """Whether PID 1 generated this boot's machine-id itself (first boot of this clone).
-
-    On a first boot ("uninitialized" in /etc/machine-id) systemd makes a fresh ID,
-    mounts /run/machine-id over /etc/machine-id and later commits it: it is new already,
-    and replacing it now would split PID 1's ID from the one on disk.
-    """
-    path = root / "etc/machine-id"
-    try:
-        if path.stat().st_dev != path.parent.stat().st_dev:
-            return True
-    except OSError:
-        return False
-    return _read_or_none(root / "run/machine-id") in (current, current + "\n")
-
-
-def fresh_machine_id(root: Path) -> str | None:
-    """Give a copied clone its own machine-id; what changed, or None."""
-    path = root / "etc/machine-id"
-    current = (_read_or_none(path) or "").strip()
-    if current in ("", "uninitialized") or _systemd_made(root, current):
-        # systemd makes (or just made) one of its own at this first boot.
-        return None
-    write_if_changed(path, uuid.uuid4().hex + "\n", mode=0o444)
-    # libdbus reads its own copy before /etc/machine-id; a Debian symlink is fine.
-    dbus = root / "var/lib/dbus/machine-id"
-    if dbus.is_file() and not dbus.is_symlink():
-        dbus.unlink()
-    return "machine-id: replaced the one copied from another guest (systemd uses it from next boot)"
-
-
-def fresh_ssh_keys(root: Path, log: Log) -> str | None:
-    """Remove copied SSH host keys and make this guest's own with `ssh-keygen -A`."""
-    ssh = root / "etc/ssh"
-    if not ssh.is_dir():
-        return None
-    old = sorted(p for p in ssh.glob("ssh_host_*") if not p.is_dir())
-    has_sshd = any((root / d / "sshd").exists() for d in ("usr/sbin", "sbin"))
-    if not old and not has_sshd:
-        return None
-    for p in old:
-        p.unlink()
-    if not have("ssh-keygen"):
-        return f"ssh host keys: removed {len(old)} copied keys (no ssh-keygen to make new ones)"
-    try:
-        # -f is a prefix: keys land in <root>/etc/ssh, so this also works on a tree.
-        run(["ssh-keygen", "-A", "-f", str(root)])
-    except CommandError as exc:
-        log(f"findself: ssh-keygen failed, sshd has no host keys: {exc}")
-        return f"ssh host keys: removed {len(old)} copied keys (ssh-keygen failed)"
-    made = sorted(p.name for p in ssh.glob("ssh_host_*_key"))
-    verb = "replaced" if old else "generated"
-    return f"ssh host keys: {verb} ({', '.join(made)})"
-
-
 # --- the core ----------------------------------------------------------------------
 
 
@@ -361,64 +260,16 @@ def findself(
     new_clone = old is None or old.get("guest") != guest
     log(f"findself: {guest} from {name}: {summary}" + (" (new clone)" if new_clone else ""))
 
-    def change(line: str | None) -> None:
-        if line:
-            result.changes.append(line)
-            log(f"findself: {line}")
+    def change(line: str) -> None:
+        result.changes.append(line)
+        log(f"findself: {line}")
 
-    short = identity.short_name
-    hostname_file = root / "etc/hostname"
-    before = (_read_or_none(hostname_file) or "").strip() or "(none)"
-    if write_if_changed(hostname_file, short + "\n"):
-        change(f"hostname {before} -> {short}")
-    if write_if_changed(root / network.HOSTS, network.hosts_text(identity)):
-        change(f"hosts: {identity.ip} {identity.hostname}")
-    if root.resolve() == Path("/"):
-        # The kernel's name too, before ssh-keygen writes it into the key comments.
-        running = socket.gethostname()
-        if running != short:
-            try:
-                socket.sethostname(short)
-            except OSError as exc:
-                # /etc/hostname is right; PID 1 sets the kernel's name from it next boot.
-                log(f"findself: cannot set the running hostname: {exc}")
-            else:
-                change(f"running hostname {running} -> {short}")
-    _write_network(root, identity, change, log, result.interface)
-    if new_clone:
-        change(fresh_machine_id(root))
-        change(fresh_ssh_keys(root, log))
+    apply_identity(
+        root, identity, new_clone=new_clone, interface=result.interface, change=change, log=log
+    )
     # Last: a run cut short is redone whole at the next boot.
     write_if_changed(root / RECORD_FILE, json.dumps(wanted, indent=2) + "\n")
     return result
-
-
-def _write_network(
-    root: Path, identity: Identity, change: Log, log: Log, interface: str | None = None
-) -> None:
-    route = f" gateway {identity.gateway}" if identity.gateway else ""
-    address = f"{identity.ip}/{identity.prefix}{route}"
-    stack = network.detect(root)
-    if stack is network.NetStack.NETWORKD:
-        if write_if_changed(root / network.NETWORKD_FILE, network.networkd_text(identity)):
-            change(f"network (systemd-networkd): {address}")
-    elif stack is network.NetStack.IFUPDOWN:
-        # The parm file's card where findself found it, else the first Ethernet NIC.
-        iface = interface or network.ifupdown_interface(root)
-        text = network.ifupdown_text(identity, iface)
-        if write_if_changed(root / network.IFUPDOWN_FILE, text):
-            change(f"network (ifupdown, {iface}): {address}")
-        if network.ifupdown_conflicts(root, iface):
-            log(f"findself: /etc/network/interfaces also defines {iface}; remove that stanza")
-    else:
-        log("findself: neither systemd-networkd nor ifupdown found; address not configured")
-    resolv = network.resolv_conf_text(identity)
-    if (
-        resolv is not None
-        and not network.uses_resolved(root)
-        and write_if_changed(root / network.RESOLV_CONF, resolv)
-    ):
-        change(f"resolv.conf: nameserver {identity.nameserver}")
 
 
 # --- the unit's entry --------------------------------------------------------------
@@ -436,7 +287,7 @@ def find_admin_device(device: str, wait: float) -> Path | None:
             return Path(device)
         if device == ADMIN_DEVICE:
             for serial in sorted(Path("/sys/block").glob("*/serial")):
-                if (_read_or_none(serial) or "").strip() == ADMIN_ADDRESS:
+                if (read_or_none(serial) or "").strip() == ADMIN_ADDRESS:
                     node = Path("/dev") / serial.parent.name
                     if node.exists():
                         return node

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-from enum import StrEnum
 from pathlib import Path
 
 from sharedroot.errors import InputError
 from sharedroot.model.parm import Identity, check_identity
-from sharedroot.model.types import shown
+from sharedroot.model.types import Network, shown
 
 HEADER = "# Written by sharedroot findself from this guest's parm file; changes are overwritten.\n"
 
@@ -22,12 +21,19 @@ HEADER = "# Written by sharedroot findself from this guest's parm file; changes 
 # first file that matches a link, so the static address wins.
 NETWORKD_FILE = "etc/systemd/network/10-sharedroot.network"
 IFUPDOWN_FILE = "etc/network/interfaces.d/sharedroot"
+# NetworkManager ignores a keyfile that is not root's with mode 0600.
+NM_FILE = "etc/NetworkManager/system-connections/sharedroot.nmconnection"
+NM_MODE = 0o600
+# One fixed UUID: each clone has its own /etc, and a stable one lets NM see a rewritten
+# file as the same connection.
+NM_UUID = "5b1e0c6e-3f5d-5f0e-9a57-7c0f2a1d5e27"
 RESOLV_CONF = "etc/resolv.conf"
 HOSTS = "etc/hosts"
 
 _UNIT_DIRS = ("usr/lib/systemd/system", "lib/systemd/system")
 # A Linux interface name (IFNAMSIZ 16 with the NUL) as ifupdown writes it: eth0, enp1s0,
-# eth0.100 (VLAN), eth0:1 (alias).  Anything else could add words or lines to a stanza.
+# eth0.100 (VLAN), eth0:1 (alias).  Anything else could add words or lines to a stanza
+# (or, with ; or =, list items and keys to a keyfile).
 _INTERFACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
 
 
@@ -40,14 +46,6 @@ def check_interface(name: str) -> str:
     return name
 
 
-class NetStack(StrEnum):
-    """What configures the NIC in an image."""
-
-    NETWORKD = "systemd-networkd"
-    IFUPDOWN = "ifupdown"
-    NONE = "none"
-
-
 def _enabled(root: Path, unit: str) -> bool:
     """Whether `systemctl enable` left a link to `unit` in some *.wants directory of /etc."""
     wants = root / "etc/systemd/system"
@@ -58,25 +56,37 @@ def _installed(root: Path, unit: str) -> bool:
     return any((root / d / unit).exists() for d in _UNIT_DIRS)
 
 
-def detect(root: Path) -> NetStack:
-    """networkd when enabled; else ifupdown when /etc/network/interfaces exists; else
-    networkd when at least installed (every systemd Debian ships it); else none."""
+def detect(root: Path) -> Network | None:
+    """What configures the NIC at `root`; None when nothing sharedroot can write for.
+
+    NetworkManager when enabled (it would take the NIC from the others); else networkd
+    when enabled; else ifupdown when /etc/network/interfaces exists (a system moved to
+    NM often still has one, so the enabled units come first); else networkd when at
+    least installed (every systemd Debian ships it).
+    """
+    if _enabled(root, "NetworkManager.service"):
+        return Network.NETWORKMANAGER
     if _enabled(root, "systemd-networkd.service"):
-        return NetStack.NETWORKD
+        return Network.NETWORKD
     if (root / "etc/network/interfaces").is_file():
-        return NetStack.IFUPDOWN
+        return Network.IFUPDOWN
     if _installed(root, "systemd-networkd.service"):
-        return NetStack.NETWORKD
-    return NetStack.NONE
+        return Network.NETWORKD
+    return None
 
 
 def uses_resolved(root: Path) -> bool:
     """Whether something other than findself owns /etc/resolv.conf.
 
     A symlink means systemd-resolved or resolvconf manages it (and writing through it
-    could land anywhere); an enabled resolved takes DNS= from the .network file.
+    could land anywhere); an enabled resolved takes DNS= from the .network file, an
+    enabled NetworkManager writes the file itself from the keyfile's dns=.
     """
-    return os.path.islink(root / RESOLV_CONF) or _enabled(root, "systemd-resolved.service")
+    return (
+        os.path.islink(root / RESOLV_CONF)
+        or _enabled(root, "systemd-resolved.service")
+        or _enabled(root, "NetworkManager.service")
+    )
 
 
 def networkd_text(identity: Identity) -> str:
@@ -139,6 +149,42 @@ def ifupdown_text(identity: Identity, interface: str) -> str:
     ]
     if identity.gateway:
         lines.append(f"    gateway {identity.gateway}")
+    return "\n".join(lines) + "\n"
+
+
+def nm_keyfile_text(identity: Identity, interface: str | None = None) -> str:
+    """The NetworkManager keyfile: the parm file's address on the NIC, autoconnected.
+
+    Bound to `interface` where findself knows the parm file's card, else to any
+    Ethernet device (no interface-name).  NM makes its automatic DHCP "Wired
+    connection" only for a device no stored connection fits, so this one replaces it;
+    the autoconnect priority settles it should both exist.  IPv6 is left to the
+    kernel, as the networkd file leaves it.
+    """
+    check_identity(identity)
+    gateway = f",{identity.gateway}" if identity.gateway else ""
+    lines = [
+        HEADER.rstrip("\n"),
+        "[connection]",
+        "id=sharedroot",
+        f"uuid={NM_UUID}",
+        "type=ethernet",
+    ]
+    if interface is not None:
+        lines.append(f"interface-name={check_interface(interface)}")
+    lines += [
+        "autoconnect=true",
+        "autoconnect-priority=100",
+        "",
+        "[ethernet]",
+        "",
+        "[ipv4]",
+        "method=manual",
+        f"address1={identity.ip}/{identity.prefix}{gateway}",
+    ]
+    if identity.nameserver:
+        lines.append(f"dns={identity.nameserver};")
+    lines += ["", "[ipv6]", "method=ignore"]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from sharedroot.model.layout import PAPER_LAYOUT, Layout
 from sharedroot.model.types import DEFAULT_DISTRO, DeviceBus, Distro, Initramfs, Network
 
 # Bump when the build code changes what the tree holds, so caches are rebuilt.
-BUILD_VERSION = 7
+BUILD_VERSION = 8
 
 
 @dataclass(frozen=True)

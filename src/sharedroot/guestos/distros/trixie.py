@@ -7,7 +7,7 @@ DISTRIBUTION = Distribution(
     distro=Distro.DEBIAN_TRIXIE,
     suite="trixie",
     initramfs=(Initramfs.INITRAMFS_TOOLS, Initramfs.DRACUT),
-    networks=(Network.NETWORKD, Network.IFUPDOWN),
+    networks=(Network.NETWORKD, Network.IFUPDOWN, Network.NETWORKMANAGER),
     initramfs_packages=(
         (Initramfs.INITRAMFS_TOOLS, ("initramfs-tools", "zstd")),
         (Initramfs.DRACUT, ("dracut", "zstd")),
@@ -16,5 +16,6 @@ DISTRIBUTION = Distribution(
     network_packages=(
         (Network.NETWORKD, ()),
         (Network.IFUPDOWN, ("ifupdown", "dhcpcd-base")),
+        (Network.NETWORKMANAGER, ("network-manager",)),
     ),
 )
