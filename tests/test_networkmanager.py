@@ -1,6 +1,7 @@
 """Read-only clones of a NetworkManager gold take their address from the parm file (real boots).
 
-The maintenance system is installed with NetworkManager; two read-only clones of its gold
+The maintenance system is Debian 13 with dracut and NetworkManager (the boot and network
+paths of today's SUSE and Red Hat systems); two read-only clones of its gold
 boot side by side, and each has the parm file's address on its NIC through findself's
 keyfile (connection "sharedroot"), not NM's automatic DHCP profile.
 """
@@ -21,8 +22,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)"),
 ]
 
-# The maintenance system's recipe, in one place.
-INSTALL_ARGS = ("--distro", "debian-trixie", "--network", "networkmanager")
+# The maintenance system's recipe, in one place: dracut's 90sharedroot binds /etc early.
+INSTALL_ARGS = ("--distro", "debian-trixie", "--initramfs", "dracut", "--network", "networkmanager")
 CLONES = {"LNX227": "10.0.2.27", "LNX242": "10.0.2.42"}
 KEYFILE = "/etc/NetworkManager/system-connections/sharedroot.nmconnection"
 
@@ -80,6 +81,8 @@ def test_clones_get_the_parm_files_address_through_networkmanager(site: BootSite
         units = "systemd-networkd systemd-networkd-wait-online NetworkManager-wait-online"
         states = site.sh(guest, f"systemctl is-enabled {units} || true").split()
         assert states == ["disabled", "disabled", "masked"], states
+        # dracut's 90sharedroot bound the clone's own /etc from /local before PID 1
+        assert site.sh(guest, "findmnt -no SOURCE /etc").strip().endswith("[/etc]")
         hostname, machine_id = site.sh(guest, "hostname; cat /etc/machine-id").split()
         assert hostname == guest.lower()
         machine_ids.add(machine_id)
