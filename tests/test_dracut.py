@@ -133,6 +133,11 @@ def test_read_only_clones_of_a_dracut_gold_boot_and_pass_verify(site: BootSite) 
         assert report["ok"], f"{guest}: {failed}"
         assert site.sh(guest, "hostname") == f"{guest.lower()}\n"
         assert f"inet {ip}/" in site.sh(guest, "ip -4 addr show")
+        # ifupdown owns the NIC through findself's stanza; the first boot's preset-all left
+        # networkd off (Debian's presets would enable it beside ifupdown)
+        assert f"address {ip}/" in site.sh(guest, "cat /etc/network/interfaces.d/sharedroot")
+        enabled = site.sh(guest, "systemctl is-enabled systemd-networkd || true").strip()
+        assert enabled == "disabled", enabled
         # /etc, /root and /srv are bound from /local before PID 1; / and /usr read-only.
         local = site.sh(guest, "findmnt -n -o SOURCE /local").strip()
         for target in ("/etc", "/root", "/srv"):
