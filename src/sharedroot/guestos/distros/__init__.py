@@ -58,3 +58,23 @@ def get(distro: Distro) -> Distribution:
     found = module.DISTRIBUTION
     assert isinstance(found, Distribution) and found.distro is distro
     return found
+
+
+def debian(distro: Distro, suite: str, dhcp_client: str) -> Distribution:
+    """A Debian release: every choice of initramfs tool and network stack, ifupdown with
+    the release's DHCP client."""
+    return Distribution(
+        distro=distro,
+        suite=suite,
+        initramfs=(Initramfs.INITRAMFS_TOOLS, Initramfs.DRACUT),
+        networks=(Network.NETWORKD, Network.IFUPDOWN, Network.NETWORKMANAGER),
+        initramfs_packages=(
+            (Initramfs.INITRAMFS_TOOLS, ("initramfs-tools", "zstd")),
+            (Initramfs.DRACUT, ("dracut", "zstd")),
+        ),
+        network_packages=(
+            (Network.NETWORKD, ()),
+            (Network.IFUPDOWN, ("ifupdown", dhcp_client)),
+            (Network.NETWORKMANAGER, ("network-manager",)),
+        ),
+    )
