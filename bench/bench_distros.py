@@ -7,7 +7,8 @@ Usage: python bench/bench_distros.py [--cold] [--runs N] [--only DISTRO:INITRAMF
 Cold: `install` with an empty cache (debootstrap, apt, the initramfs). Warm: `install`
 again, the tree cached. Boot: `start` of a read-only clone (after cloneprep, mnt2rogld,
 ro2gold, clonero) until the guest agent answers and until the console's login prompt,
-the median of N boots. Under TCG on this machine unless /dev/kvm works.
+the median of N boots. The boots go round the combinations (one each per round), so load
+on the host weighs on all of them alike. Under TCG on this machine unless /dev/kvm works.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ COMBINATIONS = [
 ]
 
 
-def measure(tmp: Path, combo: tuple[str, str, str], cold: bool, runs: int) -> dict[str, float]:
+def prepare(tmp: Path, combo: tuple[str, ...], cold: bool) -> tuple[Path, dict[str, float]]:
+    """A site of `combo` with a read-only clone LNX231, and its install times."""
     distro, initramfs, network = combo
     home = tmp / "-".join(combo) / "site"
     install = ["install", "--distro", distro, "--initramfs", initramfs, "--network", network]
@@ -43,10 +45,7 @@ def measure(tmp: Path, combo: tuple[str, str, str], cold: bool, runs: int) -> di
         sr(home, step, "--yes")
     sr(home, "define", "LNX231", "--ro", "--hostname", "lnx231", "--ip", "10.0.2.31")
     sr(home, "clonero", "LNX231", "--yes")
-    boots = [boot_sharedroot(home, "LNX231") for _ in range(runs)]
-    out["agent"] = statistics.median(a for a, _ in boots)
-    out["login"] = statistics.median(b for _, b in boots)
-    return out
+    return home, out
 
 
 def main() -> None:
@@ -58,9 +57,17 @@ def main() -> None:
     combos = [tuple(o.split(":")) for o in args.only] or COMBINATIONS
     results: dict[tuple[str, ...], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-distros-") as tmp:
+        homes = {}
         for combo in combos:
             assert len(combo) == 3, f"--only {':'.join(combo)}: expected DISTRO:INITRAMFS:NETWORK"
-            results[combo] = r = measure(Path(tmp), combo, args.cold, args.runs)  # type: ignore[arg-type]
+            homes[combo], results[combo] = prepare(Path(tmp), combo, args.cold)
+        boots: dict[tuple[str, ...], list[tuple[float, float]]] = {c: [] for c in combos}
+        for _ in range(args.runs):
+            for combo, home in homes.items():
+                boots[combo].append(boot_sharedroot(home, "LNX231"))
+        for combo, r in results.items():
+            r["agent"] = statistics.median(a for a, _ in boots[combo])
+            r["login"] = statistics.median(b for _, b in boots[combo])
             cold = f"cold {r['cold']:6.1f}s, " if "cold" in r else ""
             print(f"{' + '.join(combo):<48} install {cold}warm {r['warm']:5.1f}s;"
                   f" boot to agent {r['agent']:5.1f}s, to login {r['login']:5.1f}s")  # fmt: skip
