@@ -71,6 +71,13 @@ def test_dax_flags_and_readiness_on_real_filesystems(mounted: tuple[Path, Path])
     assert pmem.dax_ready(root, PAPER_LAYOUT) == {}
     pmem.write_rule(root, PAPER_LAYOUT)
     assert pmem.dax_ready(root, PAPER_LAYOUT) == {"01B7": 0x1A}
+    # /boot: 4 KiB blocks too, but nothing reads it after IPL, so it is never mapped
+    (root / "boot").mkdir()
+    subprocess.run(["mount", "--bind", usr, root / "boot"], check=True)
+    try:
+        assert pmem.dax_ready(root, PAPER_LAYOUT) == {"01B7": 0x1A}
+    finally:
+        subprocess.run(["umount", root / "boot"], check=False)
     assert pmem.render_ready({"01B1": 0x19, "01B7": 0x1A}) == "01B1:19,01B7:1a"
 
 

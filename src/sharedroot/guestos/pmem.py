@@ -81,14 +81,19 @@ def dax_ready(root: Path, layout: Layout) -> dict[str, int]:
     """The shared disks of the tree at `root` a clone may map as memory: address -> slot.
 
     Only where the gold names them (the udev rule for this layout) and their
-    filesystem has 4 KiB blocks (DAX maps whole pages).
+    filesystem has 4 KiB blocks (DAX maps whole pages); never /boot.
     """
     rule = root / RULE
     if not rule.is_file() or rule.read_text() != udev_rule(layout):
         return {}
     ready = {}
     for address, slot in pmem_slots(layout).items():
-        path = root / (layout.get(address).mount or "/").lstrip("/")
+        mount = layout.get(address).mount or "/"
+        if mount == "/boot":
+            # Read by nothing in a running clone (the hypervisor loads the kernel and the
+            # initramfs at IPL): mapping it would only cost a probe and page structures.
+            continue
+        path = root / mount.lstrip("/")
         if path.is_dir() and os.statvfs(path).f_bsize == PAGE:
             ready[address] = slot
     return ready
