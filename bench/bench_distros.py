@@ -1,14 +1,15 @@
-"""Install time (cold and warm) and boot to ready of a read-only clone for each distribution
-and option combination, against Debian 12 with initramfs-tools and systemd-networkd (what
-sharedroot built before it had distributions as recipes).
+"""Install time (cold and warm) and boot to ready of a read-only clone for each
+distribution and option combination, against Debian 12 with initramfs-tools and
+systemd-networkd (what sharedroot built before it had distributions as recipes).
 
 Usage: python bench/bench_distros.py [--cold] [--runs N] [--only DISTRO:INITRAMFS:NETWORK]
 
 Cold: `install` with an empty cache (debootstrap, apt, the initramfs). Warm: `install`
 again, the tree cached. Boot: `start` of a read-only clone (after cloneprep, mnt2rogld,
 ro2gold, clonero) until the guest agent answers and until the console's login prompt,
-the median of N boots. The boots go round the combinations (one each per round), so load
-on the host weighs on all of them alike. Under TCG on this machine unless /dev/kvm works.
+and the CPU seconds its QEMU spent until then, the median of N boots. The boots go round
+the combinations (one each per round), so load on the host weighs on all of them alike.
+Under TCG on this machine unless /dev/kvm works.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_boot import boot_sharedroot, sr
+from bench_boot import Boot, boot_sharedroot, sr
 
 BASELINE = ("debian-bookworm", "initramfs-tools", "networkd")
 COMBINATIONS = [
@@ -61,22 +62,25 @@ def main() -> None:
         for combo in combos:
             assert len(combo) == 3, f"--only {':'.join(combo)}: expected DISTRO:INITRAMFS:NETWORK"
             homes[combo], results[combo] = prepare(Path(tmp), combo, args.cold)
-        boots: dict[tuple[str, ...], list[tuple[float, float]]] = {c: [] for c in combos}
+        boots: dict[tuple[str, ...], list[Boot]] = {c: [] for c in combos}
         for _ in range(args.runs):
             for combo, home in homes.items():
                 boots[combo].append(boot_sharedroot(home, "LNX231"))
         for combo, r in results.items():
-            r["agent"] = statistics.median(a for a, _ in boots[combo])
-            r["login"] = statistics.median(b for _, b in boots[combo])
+            for what in Boot._fields:
+                r[what] = statistics.median(getattr(b, what) for b in boots[combo])
             cold = f"cold {r['cold']:6.1f}s, " if "cold" in r else ""
             print(f"{' + '.join(combo):<48} install {cold}warm {r['warm']:5.1f}s;"
-                  f" boot to agent {r['agent']:5.1f}s, to login {r['login']:5.1f}s")  # fmt: skip
+                  f" boot to agent {r['agent']:5.1f}s, to login {r['login']:5.1f}s"
+                  f" ({r['cpu']:5.1f} CPU s)")  # fmt: skip
     base = results.get(BASELINE)
     if base is None:
         return
-    print(f"against {' + '.join(BASELINE)} (boot to login, {args.runs} boots each, medians):")
+    print(f"against {' + '.join(BASELINE)} (boot to login, {args.runs} boots each, medians;"
+          " wall clock and QEMU's CPU seconds):")  # fmt: skip
     for combo, r in results.items():
-        print(f"  {' + '.join(combo):<48} {r['login'] / base['login']:5.2f}x")
+        print(f"  {' + '.join(combo):<48} {r['login'] / base['login']:5.2f}x"
+              f"  {r['cpu'] / base['cpu']:5.2f}x CPU")  # fmt: skip
 
 
 if __name__ == "__main__":

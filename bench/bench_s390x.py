@@ -89,7 +89,7 @@ def main() -> None:
             sr_local(local, *step)
         sr_local(local, "define", "LNX226", "--rw", "--hostname", "lnx226", "--ip", "10.0.2.26")
         sr_local(local, "clonerw", "LNX226", "--yes")
-        x86 = [boot_sharedroot(local, "LNX226") for _ in range(args.runs)]
+        x86 = [boot_sharedroot(local, "LNX226")[:2] for _ in range(args.runs)]
     for name, runs in (("s390x (CP emulator, qemu-system-s390x)", s390), ("x86_64 (local)", x86)):
         ready = statistics.median(a for a, _ in runs)
         login = statistics.median(b for _, b in runs)
