@@ -64,6 +64,9 @@ the pipeline (the paper's EXECs and scripts in brackets):
   linked            which guest links which gold slot (LINKED EXEC)
   migrate           move read-only clones to another slot, e.g. S10DFLT -> S10DFLT2,
                     each clone's /etc merged; rollback is a migrate back (§1.7)
+  generations       ro2gold's history: one generation per ro2gold into a slot
+  prune             forget generations no slot holds any more
+  delete            remove a clone: parm file, disks, links (the directory's PURGE)
 
 Each clone finds its identity on first boot (boot.findself) in its parm file
 (PARM-S10: Hostname=, HostIP=, ...) on the admin disk CMSCLONE 192.
@@ -164,6 +167,21 @@ def build_parser() -> ArgumentParser:
         "which guests link which gold slot (LINKED EXEC); [[GOLD n]] is the current slot,"
         " the paper's CURGOLD",
     )
+    add(
+        "generations",
+        c.cmd_generations,
+        "ro2gold's history: a generation is one ro2gold into a gold slot (RO2GOLD copying"
+        " S10ROGLD onto S10GOLD, RO2GOLD2 onto S10GOLD2, that slot becoming current); per"
+        " generation its slot, source, time, whether the slot still holds it (a later ro2gold"
+        " into the slot supersedes it), which clones link it, whether prune may forget it",
+    )
+    p = add(
+        "prune",
+        c.cmd_prune,
+        "forget the generations no gold slot holds any more (superseded by a later ro2gold"
+        " into their slot); the generation a slot holds, which its clones link, always stays",
+    )
+    writer_flags(p, copies=False, asks="before forgetting")
     p = add("journal", c.cmd_journal, "the operation journal: what ran, each step, how it ended")
     p.add_argument(
         "--limit",

@@ -93,3 +93,22 @@ def add_guest_commands(add: Add) -> None:
     p.add_argument("argv", nargs="*", metavar="-- CMD", help="the command and its arguments")
     p.trailing = "argv"
     timeout(p, 120, "seconds to wait")
+
+    p = add(
+        "delete",
+        c.cmd_delete,
+        "remove a clone guest, as the z/VM directory's PURGE: its parm file (PARM-S10) on"
+        " the admin disk, its disks (minidisks), its links and its definition; refused while"
+        " it is logged on, for the pipeline's own guests (S10RWMNT, S10GOLD, ...), and while"
+        " other guests link its disks. Deleting the last clone that links a gold slot lets"
+        " ro2gold refill that slot. A delete that was interrupted is finished by running it"
+        " again",
+    )
+    guest_arg(p, "the clone to delete")
+    p.add_argument(
+        "--keep-disks",
+        action="store_true",
+        help="first copy each of its disks to kept/GUEST-WHEN/ADDRESS.img in the store (an"
+        " image you can loop-mount), then forget the guest",
+    )
+    writer_flags(p, copies=False, asks="before deleting")
