@@ -22,11 +22,13 @@ from conftest import SHAREDROOT, Ran, sha256, sparse_hash, tree_hashes
 from sharedroot.cli.main import main
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import RefusedError
+from sharedroot.model.fleetfile import Definition
 from sharedroot.model.layout import gold_ro_address
-from sharedroot.model.types import Mode
+from sharedroot.model.parm import Identity
+from sharedroot.model.types import Mode, Role
+from sharedroot.workflows import define, report
 from sharedroot.workflows import delete as delete_workflow
 from sharedroot.workflows import guest as guest_ops
-from sharedroot.workflows import report
 from sharedroot.workflows.attach import disk_hash
 from sharedroot.workflows.context import Options, Site
 from zvmkit import Zvm
@@ -265,24 +267,49 @@ class KillAt(TerminalUI):
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _killed_delete(home: Path, n: int, keep: bool) -> None:
-    """A delete SIGKILLed before its step n runs; n past the last step: after every step,
-    before the journal records the end (the guest's row gone, its mark not yet)."""
+def _killed(home: Path, work: Callable[[Site], object]) -> None:
+    """Run `work` on the site in a child process, which must die by SIGKILL in it."""
     pid = os.fork()
     if pid == 0:
         try:
-            site = Site.open(home)
-            if n > (8 if keep else 5):
-
-                def die(*args: object) -> None:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-                site.state.journal_end = die  # type: ignore[method-assign]
-            delete_workflow.delete(site, KillAt(n), Options(yes=True), "LNX227", keep_disks=keep)
+            work(Site.open(home))
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, n
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _killed_delete(home: Path, n: int, keep: bool) -> None:
+    """A delete SIGKILLed before its step n runs; n past the last step: after every step,
+    before the journal records the end (the guest's row gone, its mark not yet)."""
+
+    def work(site: Site) -> None:
+        if n > (8 if keep else 5):
+
+            def die(*args: object) -> None:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            site.state.journal_end = die  # type: ignore[method-assign]
+        delete_workflow.delete(site, KillAt(n), Options(yes=True), "LNX227", keep_disks=keep)
+
+    _killed(home, work)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_delete_removes_what_an_interrupted_define_left(
+    dsite: Site, cli: Callable[..., Ran], n: int
+) -> None:
+    identity = Identity("lnx230", "10.0.2.30", 24, None, None)
+    batch = [Definition("LNX230", Role.RO_CLONE, identity)]
+    _killed(dsite.home, lambda site: define.define_many(site, KillAt(n), Options(), batch))
+    rows = guest_rows(cli)
+    assert ("LNX230" in rows) == (n == 2)
+    ran = cli("delete", "LNX230", "--yes")
+    assert ran.code == 0, ran.err
+    site = Site.open(dsite.home)
+    assert site.state.incomplete() == {} and site.state.guest("LNX230") is None
+    assert site.hv.get_parm("LNX230") is None
+    assert cli("define", "LNX230", "--ro").code == 0  # as new
 
 
 @pytest.mark.parametrize("keep", [False, True], ids=["plain", "keep-disks"])

@@ -35,8 +35,9 @@ def delete(site: Site, ui: UI, opts: Options, guest: str, *, keep_disks: bool = 
     _not_the_pipelines(site, guest)
     with site.locked(ui, writes=not opts.dry_run):
         half = site.state.incomplete().get(guest)
-        resumed = half if half is not None and half.operation == "delete" else None
-        if resumed is not None and resumed.op is not None:
+        # What an interrupted delete, or define, left of a guest: this delete removes it.
+        resumed = half if half is not None and half.operation in ("delete", "define") else None
+        if resumed is not None and resumed.op is not None and resumed.operation == "delete":
             entry = site.state.journal_entry(resumed.op)  # a rerun keeps what the first kept
             keep_disks = keep_disks or bool(entry and entry.args.get("keep_disks"))
         row = site.state.guest(guest)
@@ -45,7 +46,10 @@ def delete(site: Site, ui: UI, opts: Options, guest: str, *, keep_disks: bool = 
         if row is not None:
             _guards(site, guest, row.role)
         if resumed is not None:
-            ui.step(f"{guest}: finishing an interrupted delete (journal #{resumed.op})")
+            ui.step(
+                f"{guest}: removing what an interrupted {resumed.operation} left"
+                f" (journal #{resumed.op})"
+            )
         slot = slot_of(site, guest) if row is not None else None
         kept = None
         if row is not None and keep_disks:  # one directory per guest defined, never reused
@@ -106,7 +110,7 @@ def _steps(site: Site, ui: UI, guest: str, kept: Path | None) -> list[Step]:
             else:
                 steps.append(_keep_step(site, guest, disk.address, kept))
     admin = site.config.guests.admin
-    if exists and site.hv.get_parm(guest) is not None:
+    if site.hv.get_parm(guest) is not None:
         steps.append(
             Step(
                 f"remove the PARM-S10 file of {guest} from {admin} {ADMIN_OWN_ADDRESS}",
