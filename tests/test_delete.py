@@ -295,6 +295,32 @@ def _killed_delete(home: Path, n: int, keep: bool) -> None:
     _killed(home, work)
 
 
+def admin_files(home: Path) -> str:
+    """The files on the admin disk's image itself (what guests read at 0191)."""
+    image = home / "disks" / "CMSCLONE" / "0192.img"
+    listing = subprocess.run(["debugfs", "-R", "ls /", str(image)], capture_output=True)
+    return listing.stdout.decode(errors="replace")
+
+
+def test_a_delete_killed_while_rewriting_the_admin_disk_is_finished(dsite: Site) -> None:
+    home = dsite.home
+    assert "LNX227.PARM-S10" in admin_files(home)
+
+    def work(site: Site) -> None:
+        def die() -> None:  # the parm file removed, the admin disk not rebuilt yet
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        site.hv._rebuild_admin_disk = die  # type: ignore[attr-defined]
+        delete_workflow.delete(site, TerminalUI(quiet=True), Options(yes=True), "LNX227")
+
+    _killed(home, work)
+    assert Site.open(home).hv.get_parm("LNX227") is None  # gone from the files ...
+    assert "LNX227.PARM-S10" in admin_files(home)  # ... not yet from the disk
+    assert main(["--home", str(home), "delete", "LNX227", "--yes"]) == 0
+    assert "LNX227.PARM-S10" not in admin_files(home)
+    assert "LNX226.PARM-S10" in admin_files(home)  # the others' stay
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_delete_removes_what_an_interrupted_define_left(
     dsite: Site, cli: Callable[..., Ran], n: int
@@ -404,6 +430,11 @@ def test_zvm_delete_purges_the_directory_entry(tmp_path: Path) -> None:
         out["other_parm"] = hv.get_parm("LNX242")
         out["other"] = hv.directory.entry("LNX242").text
         out["left"] = sorted(v for v in cp.dasd() if v.startswith("F"))
+        delete(site, Quiet(), yes, "LNX242", keep_disks=True)
+        kept = sorted((HOME / "kept").glob("LNX242-*/*"))
+        out["kept"] = [p.name for p in kept]
+        out["kept_fs"] = os.popen(f"blkid -o value -s TYPE {kept[1]}").read().strip()
+        out["after_keep"] = [hv.directory.exists("LNX242"), sorted(cp.dasd())]
         """
     )
     assert "S10GOLD is one of the pipeline's own guests" in out["gold"]
@@ -419,6 +450,11 @@ def test_zvm_delete_purges_the_directory_entry(tmp_path: Path) -> None:
     assert "LINK LNX227" not in out["other"]
     assert out["left"] == []  # every LINK the worker made is detached again
     assert not any("LNX227" in c and c.startswith("XAUTOLOG") for c in out["cmds"])
+    # --keep-disks: each minidisk's filesystem copied out to an image, then purged.
+    assert out["kept"] == ["01B4.img", "01B5.img", "01B6.img"]
+    assert out["kept_fs"] == "ext4"
+    assert out["after_keep"][0] is False
+    assert not [v for v in out["after_keep"][1] if v.startswith("F")]
     direct = (zvm.sim / "USER.DIRECT").read_text()
-    assert "USER LNX227 " not in direct and "USER LNX242 " in direct
+    assert "USER LNX227 " not in direct and "USER LNX242 " not in direct
     assert "LINK LNX227" not in direct  # no LINK to its minidisks left anywhere

@@ -7,9 +7,9 @@ its disks. With `keep_disks` each disk is first copied to `kept/GUEST-CREATED/` 
 store (a reflink where the storage can), where it stays for inspection.
 
 The guest is marked incomplete from the first step to the end. The mark outlives the
-guest's row, so a delete killed anywhere is finished by running it again: each step
-does only what is still left, and a guest already gone with a delete to finish is no
-unknown guest.
+guest's row, so a delete killed anywhere is finished by running it again: the steps
+are planned from what is still left, and a guest already gone with a delete to finish
+is no unknown guest. What an interrupted define left is removed the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from sharedroot.errors import RefusedError
 from sharedroot.hypervisor.copyengine import copy_image
 from sharedroot.model.layout import ADMIN_OWN_ADDRESS
-from sharedroot.model.types import GuestState, Role
+from sharedroot.model.types import DiskKind, GuestState, Role
 from sharedroot.run import run
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 from sharedroot.workflows.relink import slot_of, work_dir
@@ -54,7 +54,7 @@ def delete(site: Site, ui: UI, opts: Options, guest: str, *, keep_disks: bool = 
         kept = None
         if row is not None and keep_disks:  # one directory per guest defined, never reused
             kept = site.home / KEPT / f"{guest}-{re.sub('[^0-9T]', '', row.created)[:15]}"
-        steps = _steps(site, ui, guest, kept)
+        steps = _steps(site, ui, guest, kept, resumed is not None)
         whose = f"{guest} and its disks" + (f" (kept in {kept})" if kept else "")
         args: dict[str, object] = {"guest": guest, "keep_disks": keep_disks}
         question = f"Do you want to delete {whose}? y/n"
@@ -98,19 +98,23 @@ def _guards(site: Site, guest: str, role: Role) -> None:
         )
 
 
-def _steps(site: Site, ui: UI, guest: str, kept: Path | None) -> list[Step]:
+def _steps(site: Site, ui: UI, guest: str, kept: Path | None, resumed: bool) -> list[Step]:
     exists = site.state.guest(guest) is not None
     disks = site.state.disks(guest) if exists else []
     lost = {item.split()[0] for item in site.hv.missing_devices(guest)} if exists else set()
     steps: list[Step] = []
     if kept is not None:
         for disk in disks:
+            if disk.kind is DiskKind.VDISK:
+                continue  # made fresh at each logon: nothing to keep
             if disk.address in lost:
                 ui.step(f"note: {guest} {disk.address} is missing or damaged; it cannot be kept")
             else:
                 steps.append(_keep_step(site, guest, disk.address, kept))
     admin = site.config.guests.admin
-    if site.hv.get_parm(guest) is not None:
+    # Removed again after an interruption: the file may be gone while the admin disk,
+    # rebuilt after it, still shows it (the local backend's files and image).
+    if resumed or site.hv.get_parm(guest) is not None:
         steps.append(
             Step(
                 f"remove the PARM-S10 file of {guest} from {admin} {ADMIN_OWN_ADDRESS}",
