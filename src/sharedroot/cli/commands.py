@@ -379,6 +379,9 @@ def cmd_generations(args: argparse.Namespace) -> Result:
     facts = generations.generations(_site(args, readonly=True))
 
     def render(out: Console) -> None:
+        if not facts["generations"]:
+            out.print("no generation yet: ro2gold records one each time it fills a gold slot")
+            return
         rows = [
             [
                 str(g["id"]),
