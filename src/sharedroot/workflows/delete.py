@@ -37,9 +37,12 @@ def delete(site: Site, ui: UI, opts: Options, guest: str, *, keep_disks: bool = 
         half = site.state.incomplete().get(guest)
         # What an interrupted delete, or define, left of a guest: this delete removes it.
         resumed = half if half is not None and half.operation in ("delete", "define") else None
-        if resumed is not None and resumed.op is not None and resumed.operation == "delete":
-            entry = site.state.journal_entry(resumed.op)  # a rerun keeps what the first kept
-            keep_disks = keep_disks or bool(entry and entry.args.get("keep_disks"))
+        entry = site.state.journal_entry(resumed.op) if resumed and resumed.op else None
+        if entry is not None and entry.operation == "delete":  # a rerun keeps what the first kept
+            keep_disks = keep_disks or bool(entry.args.get("keep_disks"))
+        # The interrupted run wrote parm files: removed again, since the file may be gone
+        # while the admin disk, rebuilt after it, still shows it (local: files and image).
+        parm_again = entry is not None and any("PARM-S10" in step for step in entry.plan)
         row = site.state.guest(guest)
         if row is None and resumed is None:
             raise RefusedError(f"Error: {guest} user ID does not exist")
@@ -54,7 +57,7 @@ def delete(site: Site, ui: UI, opts: Options, guest: str, *, keep_disks: bool = 
         kept = None
         if row is not None and keep_disks:  # one directory per guest defined, never reused
             kept = site.home / KEPT / f"{guest}-{re.sub('[^0-9T]', '', row.created)[:15]}"
-        steps = _steps(site, ui, guest, kept, resumed is not None)
+        steps = _steps(site, ui, guest, kept, parm_again)
         whose = f"{guest} and its disks" + (f" (kept in {kept})" if kept else "")
         args: dict[str, object] = {"guest": guest, "keep_disks": keep_disks}
         question = f"Do you want to delete {whose}? y/n"
@@ -98,7 +101,7 @@ def _guards(site: Site, guest: str, role: Role) -> None:
         )
 
 
-def _steps(site: Site, ui: UI, guest: str, kept: Path | None, resumed: bool) -> list[Step]:
+def _steps(site: Site, ui: UI, guest: str, kept: Path | None, parm_again: bool) -> list[Step]:
     exists = site.state.guest(guest) is not None
     disks = site.state.disks(guest) if exists else []
     lost = {item.split()[0] for item in site.hv.missing_devices(guest)} if exists else set()
@@ -112,9 +115,7 @@ def _steps(site: Site, ui: UI, guest: str, kept: Path | None, resumed: bool) -> 
             else:
                 steps.append(_keep_step(site, guest, disk.address, kept))
     admin = site.config.guests.admin
-    # Removed again after an interruption: the file may be gone while the admin disk,
-    # rebuilt after it, still shows it (the local backend's files and image).
-    if resumed or site.hv.get_parm(guest) is not None:
+    if parm_again or site.hv.get_parm(guest) is not None:
         steps.append(
             Step(
                 f"remove the PARM-S10 file of {guest} from {admin} {ADMIN_OWN_ADDRESS}",
