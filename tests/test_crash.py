@@ -14,7 +14,7 @@ Trial N (its seed) runs SCHEDULE[N mod len(SCHEDULE)] (each workflow `weight` ti
 round) and kills it after a fraction random.Random(N).random() of that workflow's
 uninterrupted duration, measured in the same session under the same load.
 SHAREDROOT_CRASH_SEED (default 1) is the first seed, SHAREDROOT_CRASH_TRIALS (default: one
-round, 102) the number of trials, SHAREDROOT_CRASH_WORKERS (default 2) how many run at
+round, 109) the number of trials, SHAREDROOT_CRASH_WORKERS (default 2) how many run at
 once; a failure prints the line that reruns it alone.
 """
 
@@ -263,7 +263,25 @@ WORKFLOWS = (
         weight=3,
         live=("local/lib/sharedroot-py/*",),
     ),
+    Workflow(  # the read-only clone on slot 1, its parm file, its links: all of it goes
+        "delete",
+        "linux",
+        ("delete", "LNX227", "--yes"),
+        "delete",
+        ("LNX227 *", "LNX227 links", "CMSCLONE 0192"),
+        repeatable=False,  # gone is gone: a second delete does not know it
+        weight=4,
+    ),
     *workflows("plain", "-ext4"),
+    Workflow(  # a read-write guest's whole disk set, kept first (copied to kept/)
+        "delete-keep-ext4",
+        "plain",
+        ("delete", "LNX226", "--yes", "--keep-disks"),
+        "delete",
+        ("LNX226 *", "LNX226 links"),
+        repeatable=False,
+        weight=3,
+    ),
 )
 # Rounds of the workflows, interleaved, each as often as its weight.
 SCHEDULE = [w for r in range(max(w.weight for w in WORKFLOWS)) for w in WORKFLOWS if r < w.weight]
@@ -422,7 +440,9 @@ class Lab:
         links = {k: v for k, v in ck.links(home).items() if w.targeted(k)}
         # A set can be caught part old, part new only if the run changes two of it.
         moved = [k for k in after if after[k] != snap.hashes.get(k)]
-        moved += [k for k in links if links[k] != snap.links.get(k)]
+        moved += [k for k in snap.disks if w.targeted(k) and k not in after]  # removed
+        gone = {k for k in snap.links if w.targeted(k)} - links.keys()
+        moved += [k for k in sorted(links.keys() | gone) if links.get(k) != snap.links.get(k)]
         assert len(moved) >= 2, f"{w.state} makes {w.name} change only {moved}"
         return Reference(
             (run.seconds + run2.seconds) / 2,
@@ -579,6 +599,8 @@ class Trial:
         if key not in now:
             if before is None:
                 return "old"
+            if key not in self.ref.after:
+                return "new"  # removed, as an uninterrupted run removes it (delete)
             self.fail("c", f"{key}: its disk row is gone")
             return "gone"
         disk = now[key]
@@ -647,7 +669,9 @@ class Trial:
             elif finished:
                 self.fail("d", f"{guest} marked incomplete though the journal says it finished")
         if self.built():  # no old and new to tell apart: whatever was written counts
-            need = bool(changed) and not finished
+            # ... unless all of it is as an uninterrupted run leaves it: not written in
+            # part (delete killed after its last step: the guest, its mark's row, gone)
+            need = bool(changed) and not finished and not self.as_uninterrupted()
             why = f"{changed} changed and the operation did not finish"
         else:
             differs = {k for k in verdict if self.snap.hashes.get(k) != self.ref.after.get(k)}
@@ -660,6 +684,16 @@ class Trial:
             self.fail("d", f"{why}, but no target guest is marked incomplete")
         if self.w.refuser and (need or marked):
             self.refused()
+
+    def as_uninterrupted(self) -> bool:
+        """Every target disk and link is as an uninterrupted run leaves it, by (h)."""
+        probe = Trial(self.w, self.snap, self.ref, self.lab, self.home)
+        now = ck.disks(self.home)
+        for key in probe.disk_targets():
+            probe.judge_result(key, now)
+        links = ck.links(self.home)
+        same = all(links.get(k) == self.ref.links.get(k) for k in probe.link_targets())
+        return same and not probe.found
 
     def refused(self) -> None:
         """The incomplete target is refused as a source (tried on a copy of the site)."""

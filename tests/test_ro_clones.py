@@ -97,6 +97,12 @@ def test_three_clones_share_one_root_and_pass_verify(site: BootSite) -> None:
     before, read, after = int(cached[0]), int(cached[2]), int(cached[3])
     assert read > 50 << 20 and after - before < 8 << 10, cached  # kB: < 8 MiB for > 50 MiB read
 
+    # A running clone is not deleted (the directory's PURGE wants it logged off); it
+    # keeps running (it answers below).
+    busy = site.run("delete", "LNX243", "--yes", check=False)
+    assert busy.returncode == 1 and "LNX243 user ID must be logged off" in busy.stderr
+    assert site.state("LNX243") == "logged_on"
+
     # /etc is each clone's own: a file written on one is absent on the others ...
     site.sh("LNX227", "echo mine > /etc/sharedroot-test")
     for other in ("LNX242", "LNX243"):

@@ -26,7 +26,9 @@ from sharedroot.workflows import (
     cloneprep,
     clones,
     define,
+    delete,
     doctor,
+    generations,
     install,
     migrate,
     pipeline,
@@ -364,3 +366,39 @@ def cmd_journal(args: argparse.Namespace) -> Result:
         out.print(journal_table)
 
     return Result(data, render)
+
+
+def cmd_delete(args: argparse.Namespace) -> Result:
+    done = delete.delete(
+        _site(args), _ui(args), _opts(args), args.guest, keep_disks=args.keep_disks
+    )
+    return outcome(done)
+
+
+def cmd_generations(args: argparse.Namespace) -> Result:
+    facts = generations.generations(_site(args, readonly=True))
+
+    def render(out: Console) -> None:
+        if not facts["generations"]:
+            out.print("no generation yet: ro2gold records one each time it fills a gold slot")
+            return
+        rows = [
+            [
+                str(g["id"]),
+                f"{g['slot']} ({g['holder'] or '-'})",
+                g["built_from"],
+                g["built"],
+                "current" if g["current"] else "held" if g["held"] else "superseded",
+                " ".join(g["linked_by"]) or "-",
+                "yes" if g["removable"] else "no",
+            ]
+            for g in facts["generations"]
+        ]
+        headers = ["generation", "slot", "built from", "when", "content", "linked by"]
+        table(out, [*headers, "prune"], rows)
+
+    return Result(facts, render)
+
+
+def cmd_prune(args: argparse.Namespace) -> Result:
+    return outcome(generations.prune(_site(args), _ui(args), _opts(args)))

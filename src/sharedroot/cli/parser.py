@@ -1,5 +1,6 @@
 """The command line's grammar: argparse built from the commands, with checked argument types
-(sharedroot.cli.argtypes).
+(sharedroot.cli.argtypes). The site and the pipeline are here; a guest's own life (define,
+start, stop, console, exec, delete) is in parser_guests.py.
 
 Every malformed argument ends in a UsageError with one line naming the option, the value
 and the rule; main() prints it (as JSON with --json) and exits 2.
@@ -8,20 +9,19 @@ and the rule; main() prints it (as JSON with --json) and exits 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from sharedroot.cli import commands as c
-from sharedroot.cli.argtypes import (
-    MAX_TIMEOUT,
-    UsageError,
-    define_combination,
-    guest,
-    guests_or_file,
-    netmask,
-    seconds,
-    whole,
+from sharedroot.cli.argtypes import guest, guests_or_file, whole
+from sharedroot.cli.grammar import (
+    EPILOG,
+    ArgumentParser,
+    guest_arg,
+    timeout,
+    writer_flags,
 )
+from sharedroot.cli.parser_guests import add_guest_commands
 from sharedroot.model.types import Distro, Initramfs, Network
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
@@ -32,34 +32,6 @@ MAX_SLOT = 999  # the site's own range (gold_slots) is checked when the store is
 
 class VersionRequested(Exception):
     """--version was given; main() prints it in the form asked for."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    # The dest that takes every word after the first `--` (exec's command); options before
-    # it stay the parser's, wherever they stand (argparse's REMAINDER would swallow them).
-    trailing: str | None = None
-
-    def error(self, message: str) -> NoReturn:
-        # Raised, not printed: main() alone knows whether the answer must be JSON.
-        raise UsageError(message)
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        words = list(args) if args is not None else None
-        if self.trailing is None or words is None or "--" not in words:
-            parsed, extras = super().parse_known_args(words, namespace)
-        else:
-            cut = words.index("--")
-            parsed, extras = super().parse_known_args(words[:cut], namespace)
-            setattr(parsed, self.trailing, [*getattr(parsed, self.trailing), *words[cut + 1 :]])
-        # Rules on combinations of arguments that argparse cannot state (a usage error too).
-        combination: Callable[[argparse.Namespace], None] | None = getattr(
-            parsed, "combination", None
-        )
-        if combination is not None:
-            combination(parsed)
-        return parsed, extras
 
 
 class _VersionAction(argparse.Action):
@@ -92,36 +64,13 @@ the pipeline (the paper's EXECs and scripts in brackets):
   linked            which guest links which gold slot (LINKED EXEC)
   migrate           move read-only clones to another slot, e.g. S10DFLT -> S10DFLT2,
                     each clone's /etc merged; rollback is a migrate back (§1.7)
+  generations       ro2gold's history: one generation per ro2gold into a slot
+  prune             forget generations no slot holds any more
+  delete            remove a clone: parm file, disks, links (the directory's PURGE)
 
 Each clone finds its identity on first boot (boot.findself) in its parm file
 (PARM-S10: Hostname=, HostIP=, ...) on the admin disk CMSCLONE 192.
 """
-
-EPILOG = "exit codes: 0 done, 1 refused or failed (the message says why), 2 bad input"
-
-
-def _writer_flags(p: argparse.ArgumentParser, confirm: bool = True) -> None:
-    p.add_argument("--dry-run", action="store_true", help="list the steps; change nothing")
-    if confirm:
-        p.add_argument(
-            "--yes",
-            "-y",
-            action="store_true",
-            help="do not ask before overwriting disks (needed without a terminal)",
-        )
-        p.add_argument(
-            "--verify", action="store_true", help="compare content hashes after each copy"
-        )
-
-
-def _timeout(p: argparse.ArgumentParser, default: float, what: str) -> None:
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=default,
-        metavar="SECONDS",
-        help=f"{what} ({default:.0f}; at most {MAX_TIMEOUT:.0f})",
-    )
 
 
 def build_parser() -> ArgumentParser:
@@ -168,9 +117,6 @@ def build_parser() -> ArgumentParser:
         )
         p.set_defaults(handler=handler)
         return p
-
-    def guest_arg(p: argparse.ArgumentParser, help: str = "the guest (z/VM user ID)") -> None:
-        p.add_argument("guest", type=guest, help=f"{help}: 1-8 of A-Z 0-9 @ # $")
 
     p = add(
         "init",
@@ -221,6 +167,21 @@ def build_parser() -> ArgumentParser:
         "which guests link which gold slot (LINKED EXEC); [[GOLD n]] is the current slot,"
         " the paper's CURGOLD",
     )
+    add(
+        "generations",
+        c.cmd_generations,
+        "ro2gold's history: a generation is one ro2gold into a gold slot (RO2GOLD copying"
+        " S10ROGLD onto S10GOLD, RO2GOLD2 onto S10GOLD2, that slot becoming current); per"
+        " generation its slot, source, time, whether the slot still holds it (a later ro2gold"
+        " into the slot supersedes it), which clones link it, whether prune may forget it",
+    )
+    p = add(
+        "prune",
+        c.cmd_prune,
+        "forget the generations no gold slot holds any more (superseded by a later ro2gold"
+        " into their slot); the generation a slot holds, which its clones link, always stays",
+    )
+    writer_flags(p, copies=False, asks="before forgetting")
     p = add("journal", c.cmd_journal, "the operation journal: what ran, each step, how it ended")
     p.add_argument(
         "--limit",
@@ -230,47 +191,7 @@ def build_parser() -> ArgumentParser:
         help="how many operations, 1 to 1,000,000 (default 20)",
     )
 
-    p = add(
-        "define",
-        c.cmd_define,
-        "define clone guests (their USER DIRECT entries): disks, the RR link to the admin"
-        " disk (CMSCLONE 192 as 191) and the parm file (PARM-S10), which boot.findself reads"
-        " at first boot; several at once by name or from a file, the admin disk written once",
-    )
-    p.add_argument(
-        "guests",
-        nargs="*",
-        type=guest,
-        metavar="GUEST",
-        help="the new guests (z/VM user IDs, e.g. LNX226): 1-8 of A-Z 0-9 @ # $",
-    )
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--rw", action="store_true", help="read-write clone (a full copy, CLONERW)")
-    kind.add_argument(
-        "--ro",
-        action="store_true",
-        help="read-only clone (links the gold RR through profile S10DFLT, CLONERO)",
-    )
-    p.add_argument(
-        "--from",
-        dest="from_file",
-        metavar="FILE",
-        help="define the guests listed in FILE, one a line: GUEST ro|rw HOSTNAME|- IP|-"
-        " [gateway=G] [netmask=M] [nameserver=N]; # starts a comment. Every line is checked"
-        " first: a bad one refuses the whole file, naming its line",
-    )
-    p.add_argument("--hostname", help="host name or FQDN (parm file Hostname=; one guest only)")
-    p.add_argument("--ip", help="IPv4 address (parm file HostIP=; one guest only)")
-    p.add_argument(
-        "--netmask",
-        type=netmask,
-        metavar="MASK",
-        help="netmask or prefix length, e.g. 255.255.255.0 or 24 (parm file Netmask=; 24)",
-    )
-    p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
-    p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
-    p.set_defaults(combination=define_combination)
-    _writer_flags(p, confirm=False)
+    add_guest_commands(add)
 
     for name, fn, help, aliases in (
         (
@@ -296,7 +217,7 @@ def build_parser() -> ArgumentParser:
         ),
     ):
         p = add(name, c.copy_command(fn), help, aliases)
-        _writer_flags(p)
+        writer_flags(p)
 
     p = add(
         "install",
@@ -345,7 +266,7 @@ def build_parser() -> ArgumentParser:
         " filesystem: bare, on a partition or an LVM logical volume; the other filesystems"
         " its fstab names are taken too), read-only; split across the layout's disks",
     )
-    _writer_flags(p)
+    writer_flags(p)
 
     p = add(
         "cloneprep",
@@ -355,50 +276,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--list", action="store_true", help="list the operations and stop")
     p.add_argument("--operations", metavar="A,B,...", help="run only these operations")
-    _writer_flags(p)
-
-    p = add(
-        "start",
-        c.cmd_start,
-        "LOGON a guest and IPL its boot disk 01B0 under QEMU; VDISK swap made fresh (SWAPGEN)",
-        ["ipl"],
-    )
-    guest_arg(p)
-    p.add_argument("--wait", action="store_true", help="return when the guest is ready")
-    _timeout(p, 300, "seconds --wait waits")
-    _writer_flags(p, confirm=False)
-
-    p = add(
-        "stop",
-        c.cmd_stop,
-        "shut a guest down cleanly (SIGNAL SHUTDOWN), forced after --timeout (LOGOFF)",
-        ["logoff"],
-    )
-    guest_arg(p)
-    _timeout(p, 60, "seconds before forcing")
-    _writer_flags(p, confirm=False)
-
-    p = add("console", c.cmd_console, "show a guest's console output (the serial console log)")
-    guest_arg(p)
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing until logoff")
-    p.add_argument(
-        "--lines",
-        "-n",
-        type=whole(0, 1_000_000),
-        default=0,
-        metavar="N",
-        help="only the last N lines, 0 to 1,000,000 (0: all)",
-    )
-
-    p = add(
-        "exec",
-        c.cmd_exec,
-        "run a command in a running guest (guest agent); exits with the command's code",
-    )
-    guest_arg(p)
-    p.add_argument("argv", nargs="*", metavar="-- CMD", help="the command and its arguments")
-    p.trailing = "argv"
-    _timeout(p, 120, "seconds to wait")
+    writer_flags(p)
 
     p = add(
         "mnt2rogld",
@@ -408,7 +286,7 @@ def build_parser() -> ArgumentParser:
         " from /local before systemd starts (the paper's boot.rootfsck) (mnt2rogld.sh)",
         ["maint-to-readonly"],
     )
-    _writer_flags(p)
+    writer_flags(p)
 
     p = add(
         "ro2gold",
@@ -424,7 +302,7 @@ def build_parser() -> ArgumentParser:
         metavar="N",
         help="gold slot: 1 = S10GOLD, 2 = S10GOLD2, ... (default: one that nobody links)",
     )
-    _writer_flags(p)
+    writer_flags(p)
 
     p = add(
         "clonero",
@@ -448,7 +326,7 @@ def build_parser() -> ArgumentParser:
         help="clone the read-only guests of a `define --from` file",
     )
     p.set_defaults(combination=guests_or_file)
-    _writer_flags(p)
+    writer_flags(p)
 
     p = add(
         "verify",
@@ -458,7 +336,7 @@ def build_parser() -> ArgumentParser:
         " disks read-only",
     )
     guest_arg(p)
-    _timeout(p, 600, "seconds to wait for boot")
+    timeout(p, 600, "seconds to wait for boot")
 
     p = add(
         "migrate",
@@ -485,8 +363,8 @@ def build_parser() -> ArgumentParser:
         metavar="K",
         help=f"clones per wave, 1 to {MAX_PARALLEL} (1)",
     )
-    _timeout(p, 600, "seconds a clone may take to boot")
-    _writer_flags(p)
+    timeout(p, 600, "seconds a clone may take to boot")
+    writer_flags(p)
 
     p = add(
         "clonerw",
@@ -495,5 +373,5 @@ def build_parser() -> ArgumentParser:
         ["clone-rw"],
     )
     guest_arg(p, "a guest defined with --rw")
-    _writer_flags(p)
+    writer_flags(p)
     return parser

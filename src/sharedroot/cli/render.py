@@ -81,6 +81,10 @@ def outcome(done: Outcome) -> Result:
                 )
             out.print(copy_table)
         for r in done.results:
+            if "kept" in r:
+                out.print(f"  {r['guest']}: its disks are kept in {r['kept']}", markup=False)
+            if "pruned" in r:
+                out.print(f"  forgot generations {', '.join(map(str, r['pruned']))}")
             if "merge" in r:
                 counts = ", ".join(f"{n} {a}" for a, n in r["merge"].items() if n)
                 out.print(f"  {r['guest']}: /etc merged: {counts or 'nothing to do'}")

@@ -311,6 +311,17 @@ class State(Database):
         ).fetchone()
         return self._generation(row) if row else None
 
+    def generations(self) -> list[GenerationRow]:
+        """ro2gold's history, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, slot, source, created, hashes, stamps FROM generations ORDER BY id"
+        ).fetchall()
+        return [self._generation(r) for r in rows]
+
+    def delete_generations(self, ids: Sequence[int]) -> None:
+        """Forget generations no slot holds (one a slot holds stays: its foreign key)."""
+        self.db.executemany("DELETE FROM generations WHERE id = ?", [(i,) for i in ids])
+
     def _generation(self, row: Sequence[Any]) -> GenerationRow:
         r = RowReader(self.path, "generations", row[0])
         return GenerationRow(
