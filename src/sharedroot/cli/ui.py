@@ -54,8 +54,8 @@ class TerminalUI:
     def confirm(self, question: str) -> bool:
         if not sys.stdin.isatty():
             raise RefusedError(
-                "this overwrites disks and needs confirmation, but there is no terminal"
-                " to ask; pass --yes"
+                f"confirmation needed ({question.removesuffix(' y/n')}), but there is no"
+                " terminal to ask; pass --yes"
             )
         self.err.print(question, end=" ")
         return sys.stdin.readline().strip().lower() in ("y", "yes")
