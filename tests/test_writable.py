@@ -311,6 +311,7 @@ def put_picky(home: Path) -> None:
                  "usr/share/picky/lock": "unlocked\n",
                  "etc/systemd/system/picky.service": PICKY_UNIT}  # fmt: skip
         install_extra(root, files, ["picky.service"])  # a script is made executable
+    site.state.close()  # its -wal and -shm files go with the last connection
     os.sync()  # the images settled before the tests compare their hashes
 
 
