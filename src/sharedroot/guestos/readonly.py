@@ -10,19 +10,20 @@ systemd reads the clone's own /etc (its hostname, machine-id, fstab) and never t
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from sharedroot.errors import RefusedError
-from sharedroot.guestos import dracut, earlybind, pmem, zipl
+from sharedroot.guestos import dracut, earlybind, pmem, writable, zipl
 from sharedroot.guestos.chroot import chroot_mounts
 from sharedroot.guestos.earlybind import BOUND, CMDLINE_KEY, cmdline_words
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform
 from sharedroot.hypervisor.ipl import BOOT_CONFIG_NAME, parse_boot_config, render_boot_config
 from sharedroot.model.layout import Layout
+from sharedroot.model.writable import WritablePath
 from sharedroot.run import run
 
 # The gold's package database, kept on the read-only /usr and bound read-only over
@@ -83,9 +84,17 @@ def _ensure_early_bind(root: Path, log: Log) -> None:
             run(argv(version), timeout=900)
 
 
-def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIRTIO) -> None:
-    """Convert the system mounted at `root` (all its layout disks, read-write) in place."""
+def make_readonly(
+    root: Path,
+    layout: Layout,
+    log: Log,
+    platform: Platform = VIRTIO,
+    paths: Sequence[WritablePath] = (),
+) -> None:
+    """Convert the system mounted at `root` (all its layout disks, read-write) in place;
+    `paths` are site.toml's writable paths (guestos/writable.py)."""
     check_supported(root)
+    writable.check_tree(root, paths)
     local = next((d for d in layout.private if d.mount == "/local"), None)
     if local is None or local.fs is None:
         raise RefusedError("the layout has no read-write /local disk to hold etc, root and srv")
@@ -103,6 +112,7 @@ def make_readonly(root: Path, layout: Layout, log: Log, platform: Platform = VIR
     shutil.rmtree(root / PKGDB, ignore_errors=True)
     (root / PKGDB).parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", root / PKGDB_MOUNT, root / PKGDB])
+    writable.install(root, paths, log)
     extra = cmdline_words(local.address, local.fs)
     log(f"boot: {' '.join(extra)}: bind {', '.join('/' + b for b in BOUND)} from /local")
     _ensure_early_bind(root, log)

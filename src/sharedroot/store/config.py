@@ -31,6 +31,7 @@ from sharedroot.model.types import (
     parse_size,
     shown,
 )
+from sharedroot.model.writable import WritablePath, parse_table, render_table
 from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY, ZVM_SETTINGS, ZVM_SETTINGS_BY_KEY
 
 SITE_FILE = "site.toml"
@@ -83,6 +84,7 @@ class SiteConfig:
     guests: PipelineGuests
     layout: Layout
     zvm: ZvmSettings = ZvmSettings()
+    writable: tuple[WritablePath, ...] = ()  # [writable]: paths picky software writes
 
     def slot_holder(self, slot: int) -> str:
         if not 1 <= slot <= self.gold_slots:
@@ -196,7 +198,7 @@ def _one_line(text: str) -> str:
 
 
 def _parse(raw: Mapping[str, Any]) -> SiteConfig:
-    _reject_unknown(raw, ("site", "zvm", "guests", "disks"), "top level")
+    _reject_unknown(raw, ("site", "zvm", "guests", "disks", "writable"), "top level")
     site = _table(raw.get("site", {}), "[site]")
     _reject_unknown(site, tuple(SETTINGS_BY_KEY), "[site]")
     parsed = {s.key: s.parse(site.get(s.key, s.default), f"[site] {s.key}") for s in SETTINGS}
@@ -241,7 +243,9 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
             by_mount[d.mount] = _key(key)
         disks.append(d)
     check_layout(disks, "[disks]")
-    return SiteConfig(guests=guests, layout=Layout(tuple(disks)), zvm=zvm, **parsed)
+    layout = Layout(tuple(disks))
+    writable = parse_table(raw.get("writable", {}), layout)
+    return SiteConfig(guests=guests, layout=layout, zvm=zvm, writable=writable, **parsed)
 
 
 def _disk(key: str, value: Any) -> DiskSpec:
@@ -317,6 +321,7 @@ def render_config(config: SiteConfig) -> str:
             out.append(f"fs = {_toml_str(d.fs)}")
         out.append(f"access = {_toml_str(d.access.value)}  # what a read-only clone gets")
         out.append(f"size = {_toml_str(format_size(d.size))}")
+    out.extend(render_table(config.writable))
     return "\n".join(out) + "\n"
 
 

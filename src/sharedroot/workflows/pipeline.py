@@ -9,6 +9,7 @@ from dataclasses import asdict
 from sharedroot.errors import RefusedError
 from sharedroot.guestos.platform import find
 from sharedroot.guestos.readonly import check_supported, make_readonly
+from sharedroot.guestos.writable import check_tree
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
 from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
@@ -119,10 +120,11 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
         # Before the staging disks are overwritten: can this system be made read-only?
         with guest_tree(site, source, filesystems) as root:
             check_supported(root)
+            check_tree(root, site.config.writable)
 
         def convert() -> None:
             with guest_tree(site, target, filesystems, write=True) as root:
-                make_readonly(root, site.config.layout, ui.step, platform)
+                make_readonly(root, site.config.layout, ui.step, platform, site.config.writable)
 
         steps = copy_steps(site, ui, opts, source, target, pairs)
         steps.append(Step(f"mount {target} on the worker and make it a read-only root", convert))
