@@ -180,6 +180,7 @@ def build_parser() -> ArgumentParser:
         "create site.toml and the store with the paper's guests (§1.4: S10RWMNT, S10RWTST,"
         " S10GOLD, S10GOLD2, S10ROGLD, CMSCLONE) and disks (Table 1-1)",
     )
+
     def layout_arg(text: str) -> str:
         # `paper` is Table 1-1; anything else names a layout file (./paper for one so named).
         if text != "paper" and not Path(text).is_file():
