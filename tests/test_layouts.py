@@ -18,6 +18,7 @@ from conftest import Ran, tree_hashes
 from sharedroot.guestos import zipl
 from sharedroot.guestos.fstab import write_fstab
 from sharedroot.guestos.lvmdisk import volume_ranges, write_lvm_disk
+from sharedroot.guestos.lvmmeta import parse_metadata, read_pv
 from sharedroot.guestos.mount import mounted_tree
 from sharedroot.guestos.platform import VIRTIO
 from sharedroot.guestos.recipe import LVM_PACKAGES, recipe_for, recipe_key
@@ -281,6 +282,11 @@ def test_an_lvm_disk_is_real_lvm_and_the_worker_reads_its_volumes(tmp_path: Path
     write_lvm_disk(image, disk, {"02B0:varLV": src})
     ranges = volume_ranges(image, disk)
     assert ranges["varLV"][1] == 512 << 20 and ranges["srvLV"][1] == 256 << 20
+    with open(image, "rb") as f:
+        pv = read_pv(f, 0)
+    assert pv is not None
+    group = parse_metadata(pv.metadata)["rwVG"]
+    assert isinstance(group, dict) and not group.get("system_id")  # no clone calls it foreign
     # LVM's own tools see the volume group (read-only look, nothing activated).
     loop = run(["losetup", "--find", "--show", "--read-only", image]).stdout.strip()
     try:

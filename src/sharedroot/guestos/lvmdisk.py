@@ -25,8 +25,12 @@ from sharedroot.model.volumes import DATA_START, EXTENT
 from sharedroot.run import run
 
 # The worker's own LVM setup must not learn of the guest's volume group: no backup or
-# archive of its metadata under /etc/lvm, only the one loop device looked at.
-_CONFIG = "backup { backup = 0 archive = 0 } activation { udev_sync = 0 udev_rules = 0 }"
+# archive of its metadata under /etc/lvm, only the one loop device looked at; and the
+# group gets no system ID of the worker's, or a clone's lvm2 would call it foreign.
+_CONFIG = (
+    "backup { backup = 0 archive = 0 } activation { udev_sync = 0 udev_rules = 0 }"
+    ' global { system_id_source = "none" }'
+)
 _ENV = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
