@@ -22,7 +22,7 @@ from sharedroot.guestos.lvmmeta import parse_metadata, read_pv
 from sharedroot.guestos.mount import mounted_tree
 from sharedroot.guestos.platform import VIRTIO
 from sharedroot.guestos.recipe import LVM_PACKAGES, recipe_for, recipe_key
-from sharedroot.guestos.tree import split_tree
+from sharedroot.guestos.tree import populate_disks, split_tree
 from sharedroot.model.layout import PAPER_LAYOUT, Layout, pmem_slots
 from sharedroot.model.types import DiskKind
 from sharedroot.model.volumes import device_path
@@ -310,3 +310,22 @@ def test_an_lvm_disk_is_real_lvm_and_the_worker_reads_its_volumes(tmp_path: Path
     # Nothing of the guest's group is left in the worker's own LVM backups.
     now = set(Path("/etc/lvm/backup").glob("*")) if Path("/etc/lvm/backup").is_dir() else set()
     assert now == backups
+
+
+@root_only
+def test_populate_disks_builds_the_volume_group_and_the_middleware(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for rel in ("opt/mw", "var/lib", "srv", "etc", "usr"):
+        (tree / rel).mkdir(parents=True)
+    (tree / "opt/mw/VERSION").write_text("1\n")
+    (tree / "var/lib/state").write_text("var\n")
+    layout = both()
+    images = {a: tmp_path / f"{a}.img" for a in ("02B0", "01C0", "01B8")}
+    populate_disks(tree, layout, images)
+    assert not (tree / "etc/fstab").exists()  # the cached tree itself is left alone
+    ranges = volume_ranges(images["02B0"], layout.get("02B0"))
+    var = run(["debugfs", "-R", "cat /lib/state", f"{images['02B0']}?offset={ranges['varLV'][0]}"])
+    assert var.stdout == "var\n"
+    assert run(["debugfs", "-R", "cat /VERSION", images["01C0"]]).stdout == "1\n"
+    listing = run(["debugfs", "-R", "ls -p /", images["01B8"]]).stdout
+    assert "/mw/" in listing  # the middleware's mount point, empty, on /opt's disk

@@ -96,7 +96,8 @@ def populate_disks(
     guest_fstab: bool = True,
     staged: bool = False,
 ) -> None:
-    """Build each layout disk's image from the tree: filesystems from their subtree, swap.
+    """Build each layout disk's image from the tree: filesystems from their subtree, swap,
+    an LVM disk's volume group with each volume's filesystem.
 
     VDISKs are skipped: they are made fresh at each start. With `guest_fstab`,
     /etc/fstab is rewritten for `layout`. With `staged`, `tree` is already a
@@ -129,12 +130,12 @@ def populate_disks(
 def split_tree(
     tree: Path, layout: Layout, *, guest_fstab: bool = True, platform: Platform = VIRTIO
 ) -> dict[str, Path]:
-    """Take a staged tree apart by mount point: each filesystem disk's source directory.
+    """Take a staged tree apart by mount point: each filesystem's source directory.
 
-    Each filesystem (a disk, or a logical volume: key ADDR:LV) gets what lies under its
-    mount point, without what belongs to
-    deeper mount points (those stay as empty directories on the parent). With
-    `guest_fstab`, /etc/fstab is rewritten for `layout` on `platform` first.
+    Each filesystem (a disk by its address, or a logical volume as ADDR:LV) gets what
+    lies under its mount point, without what belongs to deeper mount points (those stay
+    as empty directories on the parent). With `guest_fstab`, /etc/fstab is rewritten for
+    `layout` on `platform` first.
     """
     if guest_fstab:
         write_fstab(tree, layout, platform=platform)
