@@ -41,7 +41,7 @@ USAGE: list[tuple[list[str], str]] = [
     (["linked", "LNX226"], "unrecognized arguments: LNX226"),
     (["doctor", "extra"], "unrecognized arguments: extra"),
     (["guests", "--home"], "--home: expected one argument"),
-    (["init", "--layout", "mine"], "invalid choice: 'mine'"),
+    (["init", "--layout", "mine"], "--layout: 'mine' is not paper and no such file"),
     (["init", "--size"], "--size: expected one argument"),
     (["install", "--distro", "x"], "--distro: invalid choice: 'x'"),
     (["mnt2tst", "--bogus"], "unrecognized arguments: --bogus"),

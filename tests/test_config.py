@@ -67,7 +67,7 @@ def test_broken_site_file_is_refused_and_nothing_written(
         (["init", "--size", "/nowhere=1G"], "no such mount point"),
         (["init", "--size", "usr"], "MOUNT=SIZE"),
         (["init", "--backend", "vmware"], "backend"),
-        (["init", "--layout", "mine"], "invalid choice"),
+        (["init", "--layout", "mine"], "is not paper and no such file"),
     ],
 )
 def test_bad_init_arguments_write_nothing(

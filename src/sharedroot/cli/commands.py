@@ -19,8 +19,9 @@ from sharedroot.cli.render import Result, memory_cell, outcome, table
 from sharedroot.cli.ui import TerminalUI
 from sharedroot.errors import InputError
 from sharedroot.model import fleetfile
+from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.types import Distro, Initramfs, Network, Role, parse_size
-from sharedroot.store.config import SITE_FILE, load_config, make_config
+from sharedroot.store.config import PAPER, SITE_FILE, load_config, load_layout, make_config
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import (
     cloneprep,
@@ -76,9 +77,11 @@ def cmd_init(args: argparse.Namespace) -> Result:
         if not sep:
             raise InputError(f"--size {item!r}: expected MOUNT=SIZE, e.g. /usr=2G")
         sizes[key] = parse_size(value, f"--size {key}")
-    config = make_config(values, sizes)
+    # `paper` is Table 1-1; anything else names a layout file (./paper for one so named).
+    layout = PAPER_LAYOUT if args.layout == PAPER else load_layout(Path(args.layout))
+    config = make_config(values, sizes, layout)
     home = resolve_home(args.home)
-    site = init_site(home, config, _ui(args))
+    site = init_site(home, config, _ui(args), args.layout)
     data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}
 
     def render(out: Console) -> None:

@@ -9,7 +9,8 @@ and the rule; main() prints it (as JSON with --json) and exits 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sharedroot.cli import commands as c
@@ -22,6 +23,7 @@ from sharedroot.cli.grammar import (
     writer_flags,
 )
 from sharedroot.cli.parser_guests import add_guest_commands
+from sharedroot.model.layout import ADDRESS_HELP
 from sharedroot.model.types import Distro, Initramfs, Network
 from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
@@ -124,11 +126,24 @@ def build_parser() -> ArgumentParser:
         "create site.toml and the store with the paper's guests (§1.4: S10RWMNT, S10RWTST,"
         " S10GOLD, S10GOLD2, S10ROGLD, CMSCLONE) and disks (Table 1-1)",
     )
+
+    def layout_arg(text: str) -> str:
+        # `paper` is Table 1-1; anything else names a layout file (./paper for one so named).
+        if text != "paper" and not Path(text).is_file():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not paper and no such file: give paper (Table 1-1) or a"
+                " layout file with a [disks] table, e.g. layouts/lvm.toml"
+            )
+        return text
+
     p.add_argument(
         "--layout",
-        choices=["paper"],
+        type=layout_arg,
         default="paper",
-        help="paper: the guests of §1.4 and the disks of Table 1-1",
+        metavar="paper|FILE",
+        help="paper: the disks of Table 1-1; or a TOML file with a [disks] table as site.toml"
+        " has it (examples in layouts/: a middleware disk, /var and /srv as LVM logical"
+        " volumes). Addresses follow the paper's plan: " + ADDRESS_HELP,
     )
     for s in (*SETTINGS, *ZVM_SETTINGS):
         p.add_argument(

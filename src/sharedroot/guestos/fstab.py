@@ -67,22 +67,22 @@ def write_fstab(
     (a read-only clone links them RR); otherwise every filesystem is read-write.
     """
     lines = [f"# sharedroot: disks by address ({platform.bus.value}), never UUID or LABEL"]
-    # Filesystems parents first (/ before /usr), then swap, as people expect to read it.
-    order = sorted(
-        layout,
-        key=lambda d: (d.kind is not DiskKind.FS, len(Path(d.mount or "/").parts), d.address),
-    )
-    for disk in order:
-        dev = platform.filesystem(check_layout_address(disk.address, "fstab: address"))
-        if disk.kind is DiskKind.FS:
-            check_mount(disk.mount, f"fstab: disk {disk.address}: mount")
-            if disk.mount is None or disk.fs not in FS_TYPES:
-                raise InputError(f"fstab: disk {disk.address}: fs {shown(disk.fs)} not supported")
-            ro = readonly and disk.access.value == "ro"
-            opts = "ro" if ro else "defaults"
-            passno = 0 if ro else (1 if disk.mount == "/" else 2)
-            lines.append(_line(dev, disk.mount, disk.fs, opts, f"0 {passno}"))
-        else:  # swap disk or VDISK (made fresh at each start): boot need not wait for it
+    # Filesystems parents first (/ before /opt before /opt/mw: a child's mount point lies
+    # on its parent), then swap, as people expect to read it. A logical volume is named
+    # by its device-mapper path, which is the same in every clone of the volume group.
+    for m in sorted(layout.filesystems, key=lambda m: (len(Path(m.mount).parts), m.address)):
+        dev = platform.filesystem(check_layout_address(m.address, "fstab: address"))
+        check_mount(m.mount, f"fstab: disk {m.where}: mount")
+        if m.fs not in FS_TYPES:
+            raise InputError(f"fstab: disk {m.where}: fs {shown(m.fs)} not supported")
+        ro = readonly and m.access.value == "ro"
+        opts = "ro" if ro else "defaults"
+        passno = 0 if ro else (1 if m.mount == "/" else 2)
+        lines.append(_line(m.device(dev), m.mount, m.fs, opts, f"0 {passno}"))
+    for disk in sorted(layout, key=lambda d: d.address):
+        if disk.kind in (DiskKind.SWAP, DiskKind.VDISK):
+            # VDISKs are made fresh at each start: boot need not wait for them
+            dev = platform.filesystem(check_layout_address(disk.address, "fstab: address"))
             lines.append(_line(dev, "none", "swap", "sw,nofail", "0 0"))
     lines.append(_line("tmpfs", "/tmp", "tmpfs", "mode=1777,nosuid,nodev", "0 0"))
     lines.extend(_extra_line(x) for x in extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sharedroot.namespace import private_mounts
@@ -17,13 +17,16 @@ def mounted_tree(
     *,
     readonly: bool = False,
     at: Path | None = None,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> Iterator[Path]:
     """Mount (mount point, device or image file, fs type) parents first; unmount after.
 
     Image files are loop-mounted by mount(8) itself.  Unmounting happens in reverse
     order even when the body fails, so the worker never keeps a guest's disk mounted;
     all of it happens in this command's private mount namespace, so even a killed
-    command leaves nothing mounted.
+    command leaves nothing mounted. `ranges` gives, per mount point, a filesystem that
+    lies at (byte offset, size) of its device: a logical volume read without
+    device-mapper, through a loop device that mount(8) sets up and clears.
     """
     private_mounts()
     if at is not None:  # a stable place, for work that must find the same paths again
@@ -39,6 +42,9 @@ def mounted_tree(
                 target.mkdir(parents=True)
             # noload: a read-only look must not even replay an ext3/4 journal.
             opts = ("ro,noload" if fs in ("ext3", "ext4") else "ro") if readonly else "rw"
+            if ranges and mount in ranges:
+                offset, size = ranges[mount]
+                opts += f",loop,offset={offset},sizelimit={size}"
             run(["mount", "-t", fs, "-o", opts, device, target])
             done.append(target)
         yield root

@@ -113,8 +113,13 @@ def make_readonly(
     (root / PKGDB).parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", root / PKGDB_MOUNT, root / PKGDB])
     writable.install(root, paths, log)
+    # A directory with a filesystem of its own in the layout (/srv on a logical volume)
+    # is not bound: the early bind skips a name /local lacks, and systemd then mounts
+    # the filesystem where a bind would have made it think /srv was mounted already.
+    own = {m.mount for m in layout.filesystems}
+    bound = [name for name in BOUND if f"/{name}" not in own]
     extra = cmdline_words(local.address, local.fs)
-    log(f"boot: {' '.join(extra)}: bind {', '.join('/' + b for b in BOUND)} from /local")
+    log(f"boot: {' '.join(extra)}: bind {', '.join('/' + b for b in bound)} from /local")
     _ensure_early_bind(root, log)
     conf_path = root / "boot" / BOOT_CONFIG_NAME
     conf = parse_boot_config(conf_path.read_text())
@@ -139,9 +144,10 @@ def make_readonly(
         zipl.write_zipl_conf(root, conf.kernel, conf.initrd, cmdline)
         zipl.write_ipl_record(root, log)
     # Last, so /local gets the /etc changed above: at boot it is the clone's /etc.
-    log(f"/local: copies of {', '.join('/' + b for b in BOUND)}")
+    log(f"/local: copies of {', '.join('/' + b for b in bound)}")
     for name in BOUND:
         shutil.rmtree(root / "local" / name, ignore_errors=True)
+    for name in bound:
         (root / name).mkdir(mode=0o755, exist_ok=True)
     # One cp for all three: each process start costs about as much as the copy.
-    run(["cp", "-a", *(root / name for name in BOUND), root / "local"])
+    run(["cp", "-a", *(root / name for name in bound), root / "local"])

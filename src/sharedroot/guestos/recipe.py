@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from sharedroot.guestos import distros
 from sharedroot.guestos.platform import VIRTIO, BootLoader, Platform, find
@@ -68,6 +69,7 @@ class Recipe:
 # vmcp), and an initramfs that finds virtio-ccw disks as well as real ECKD and FBA DASD.
 # On z/VM commands reach guests over SSH, so the QEMU guest agent is left out there.
 S390X_PACKAGES = (*Recipe.packages, "s390-tools", "fuse3")
+LVM_PACKAGES = ("lvm2",)
 S390X_MODULES = ("virtio_blk", "dasd_eckd_mod", "dasd_fba_mod", "ext4", "crc32c_generic")
 
 
@@ -93,13 +95,16 @@ def recipe_for(
         hostname=hostname,
         bus=platform.bus,
     )
-    packages = (*Recipe.packages, *dist.packages(boot, net))
+    # lvm2 activates an LVM layout disk's volume group at boot (its udev rules), and
+    # only a layout with one needs it: every other tree keeps its recipe key.
+    lvm = LVM_PACKAGES if layout.has_lvm else ()
+    packages = (*Recipe.packages, *dist.packages(boot, net), *lvm)
     if platform.arch != "s390x":
         return replace(recipe, packages=packages)
     recipe = replace(
         recipe,
         arch="s390x",
-        packages=(*S390X_PACKAGES, *dist.packages(boot, net)),
+        packages=(*S390X_PACKAGES, *dist.packages(boot, net), *lvm),
         kernel_package=platform.kernel_package,
         initramfs_modules=S390X_MODULES,
         cmdline_extra="quiet",
@@ -121,9 +126,17 @@ def recipe_key(recipe: Recipe = DEFAULT_RECIPE) -> str:
     disks reuses the same tree.
     """
     fields = asdict(recipe)
-    fields["layout"] = [
-        {k: v for k, v in disk.items() if k != "size"} for disk in fields["layout"]["disks"]
-    ]
+    fields["layout"] = [_disk_key(disk) for disk in fields["layout"]["disks"]]
     data = json.dumps({"build": BUILD_VERSION, "recipe": fields}, sort_keys=True, default=str)
     arch = "" if recipe.arch == "amd64" else f"{recipe.arch}-"
     return f"{recipe.distro}-{arch}" + hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+def _disk_key(disk: dict[str, Any]) -> dict[str, Any]:
+    """A layout disk as the key sees it: no sizes, and no LVM fields on a disk without
+    them (so the keys of trees built before LVM layouts existed stay as they were)."""
+    out = {k: v for k, v in disk.items() if k != "size" and k not in ("vg", "volumes")}
+    if disk.get("vg") is not None:
+        out["vg"] = disk["vg"]
+        out["volumes"] = [{k: v for k, v in vol.items() if k != "size"} for vol in disk["volumes"]]
+    return out

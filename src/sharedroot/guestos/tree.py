@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sharedroot.errors import OperationError
 from sharedroot.guestos.fstab import write_fstab
+from sharedroot.guestos.lvmdisk import write_lvm_disk
 from sharedroot.guestos.platform import VIRTIO, Platform
 from sharedroot.hypervisor.images import make_filesystem
 from sharedroot.model.layout import Layout
@@ -95,7 +96,8 @@ def populate_disks(
     guest_fstab: bool = True,
     staged: bool = False,
 ) -> None:
-    """Build each layout disk's image from the tree: filesystems from their subtree, swap.
+    """Build each layout disk's image from the tree: filesystems from their subtree, swap,
+    an LVM disk's volume group with each volume's filesystem.
 
     VDISKs are skipped: they are made fresh at each start. With `guest_fstab`,
     /etc/fstab is rewritten for `layout`. With `staged`, `tree` is already a
@@ -114,7 +116,12 @@ def populate_disks(
         # Build beside and rename: a running guest keeps the image it opened.
         tmp = image.with_name(f".{image.name}.new")
         try:
-            make_filesystem(tmp, disk.kind, disk.size, disk.fs, sources.get(disk.address))
+            if disk.kind is DiskKind.LVM:
+                with open(tmp, "wb") as f:
+                    f.truncate(disk.size)
+                write_lvm_disk(tmp, disk, sources)
+            else:
+                make_filesystem(tmp, disk.kind, disk.size, disk.fs, sources.get(disk.address))
             tmp.rename(image)
         finally:
             tmp.unlink(missing_ok=True)
@@ -123,28 +130,28 @@ def populate_disks(
 def split_tree(
     tree: Path, layout: Layout, *, guest_fstab: bool = True, platform: Platform = VIRTIO
 ) -> dict[str, Path]:
-    """Take a staged tree apart by mount point: each filesystem disk's source directory.
+    """Take a staged tree apart by mount point: each filesystem's source directory.
 
-    Each filesystem disk gets what lies under its mount point, without what belongs to
-    deeper mount points (those stay as empty directories on the parent). With
-    `guest_fstab`, /etc/fstab is rewritten for `layout` on `platform` first.
+    Each filesystem (a disk by its address, or a logical volume as ADDR:LV) gets what
+    lies under its mount point, without what belongs to deeper mount points (those stay
+    as empty directories on the parent). With `guest_fstab`, /etc/fstab is rewritten for
+    `layout` on `platform` first.
     """
     if guest_fstab:
         write_fstab(tree, layout, platform=platform)
     parts = tree.parent / "parts"
     parts.mkdir(exist_ok=True)
-    fs_disks = [d for d in layout if d.kind is DiskKind.FS and d.mount is not None]
     sources: dict[str, Path] = {}
-    # Deepest mount points first, so /usr/local leaves /usr before /usr leaves /.
-    for disk in sorted(fs_disks, key=lambda d: -len(Path(str(d.mount)).parts)):
-        assert disk.mount is not None
-        if disk.mount == "/":
-            sources[disk.address] = tree
+    # Deepest mount points first, so /usr/local leaves /usr before /usr leaves /, and
+    # /opt/mw leaves /opt with an empty directory behind: its mount point on /opt's disk.
+    for fs in reversed(layout.filesystems):
+        if fs.mount == "/":
+            sources[fs.key] = tree
             continue
-        inside = tree / disk.mount.lstrip("/")
-        part = parts / disk.address
+        inside = tree / fs.mount.lstrip("/")
+        part = parts / fs.key.replace(":", "-")
         if inside.is_symlink() or (inside.exists() and not inside.is_dir()):
-            raise OperationError(f"mount point {disk.mount} is not a directory in the tree")
+            raise OperationError(f"mount point {fs.mount} is not a directory in the tree")
         if inside.is_dir():
             st = inside.stat()
             inside.rename(part)
@@ -155,7 +162,7 @@ def split_tree(
         if st is not None:
             os.chown(inside, st.st_uid, st.st_gid)
             inside.chmod(st.st_mode & 0o7777)
-        sources[disk.address] = part
+        sources[fs.key] = part
     return sources
 
 

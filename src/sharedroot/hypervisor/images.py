@@ -24,6 +24,8 @@ def make_filesystem(
     """
     with open(image, "wb") as f:
         f.truncate(size)
+    if kind is DiskKind.LVM:
+        return  # left empty: install writes the physical volume (guestos.lvmdisk)
     if kind is DiskKind.SWAP:
         run(["mkswap", "-q", *(["-L", label] if label else []), image])
     elif fs in ("ext2", "ext3", "ext4"):

@@ -1,4 +1,10 @@
-"""The disk layout of Table 1-1: per address its mount point, fs type, access and size."""
+"""The disk layout of Table 1-1: per address its mount point, fs type, access and size.
+
+Beyond Table 1-1 a layout may hold more disks at addresses the paper leaves free
+(middleware read-only under /opt, more private disks) and LVM disks whose logical
+volumes hold private filesystems (§1.8's rwVG); `ADDRESS_PLAN` is the paper's own use
+of the device addresses, which a layout must respect.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from sharedroot.errors import InputError
 from sharedroot.model.types import (
@@ -17,6 +24,7 @@ from sharedroot.model.types import (
     format_size,
     shown,
 )
+from sharedroot.model.volumes import Volume, check_volumes, device_path
 
 # install fills each filesystem from a directory with `mke2fs -d`; nothing else can yet.
 FS_TYPES = ("ext2", "ext3", "ext4")
@@ -34,6 +42,8 @@ MOUNT_RULE = (
 MAX_MOUNT = 1024
 # The system mounts its own filesystems there (fstab adds tmpfs on /tmp).
 RESERVED_MOUNTS = ("/tmp", "/proc", "/sys", "/dev", "/run")
+# Bound from /local before PID 1 reads them (guestos.earlybind): never a filesystem.
+EARLY_BOUND = ("/etc", "/root")
 # The admin disk addresses: CMSCLONE 0192 is linked by every Linux guest as its 0191.
 ADMIN_OWN_ADDRESS = "0192"
 ADMIN_LINK_ADDRESS = "0191"
@@ -45,12 +55,45 @@ class DiskSpec:
     kind: DiskKind
     size: int
     access: Access
-    mount: str | None = None  # None for swap and VDISK
-    fs: str | None = None  # None for swap and VDISK
+    mount: str | None = None  # None for swap, VDISK and LVM
+    fs: str | None = None  # None for swap, VDISK and LVM
+    vg: str | None = None  # an LVM disk's volume group
+    volumes: tuple[Volume, ...] = ()  # an LVM disk's logical volumes
 
     def describe(self) -> str:
+        if self.kind is DiskKind.LVM:
+            lvs = ", ".join(f"{v.name} {v.mount}" for v in self.volumes)
+            return f"{self.address} lvm {self.vg}: {lvs} {format_size(self.size)}"
         what = self.mount if self.kind is DiskKind.FS else self.kind.value
         return f"{self.address} {what} {self.fs or ''} {format_size(self.size)}".strip()
+
+
+@dataclass(frozen=True)
+class Mounted:
+    """One filesystem of a layout: a filesystem disk, or a logical volume of an LVM disk."""
+
+    address: str  # the disk's
+    mount: str
+    fs: str
+    access: Access
+    size: int
+    vg: str | None = None
+    volume: str | None = None  # the logical volume's name on an LVM disk
+
+    @property
+    def key(self) -> str:
+        """Its name among a layout's filesystems: the address, or ADDR:LV for a volume."""
+        return self.address if self.volume is None else f"{self.address}:{self.volume}"
+
+    @property
+    def where(self) -> str:
+        return self.address if self.volume is None else f"{self.address} {self.vg}/{self.volume}"
+
+    def device(self, disk_device: str) -> str:
+        """What fstab names: the disk's own device, or the logical volume's mapper path."""
+        if self.vg is None or self.volume is None:
+            return disk_device
+        return device_path(self.vg, self.volume)
 
 
 def gold_rw_address(addr: str) -> str:
@@ -97,6 +140,30 @@ class Layout:
     @property
     def root(self) -> DiskSpec:
         return next(d for d in self.disks if d.mount == "/")
+
+    @property
+    def with_filesystems(self) -> tuple[DiskSpec, ...]:
+        """Disks holding filesystems (plain or on logical volumes): what the worker mounts."""
+        return tuple(d for d in self.disks if d.kind in (DiskKind.FS, DiskKind.LVM))
+
+    @property
+    def filesystems(self) -> tuple[Mounted, ...]:
+        return mounted(self.disks)
+
+    @property
+    def has_lvm(self) -> bool:
+        return any(d.kind is DiskKind.LVM for d in self.disks)
+
+
+def mounted(disks: Iterable[DiskSpec]) -> tuple[Mounted, ...]:
+    """Every filesystem of these disks, parents first (/ before /usr before /usr/local)."""
+    out: list[Mounted] = []
+    for d in disks:
+        if d.kind is DiskKind.FS and d.mount is not None and d.fs is not None:
+            out.append(Mounted(d.address, d.mount, d.fs, d.access, d.size))
+        for v in d.volumes if d.kind is DiskKind.LVM else ():
+            out.append(Mounted(d.address, v.mount, v.fs, d.access, v.size, d.vg, v.name))
+    return tuple(sorted(out, key=lambda m: (len(PurePosixPath(m.mount).parts), m.mount)))
 
 
 # A read-only clone may map shared disks as persistent memory (virtio-pmem, DAX). Those
@@ -174,10 +241,52 @@ def check_disk_size(size: object, what: str) -> int:
     return size
 
 
+# The paper's use of a Linux guest's device addresses. §1.5 (the directory PROFILE
+# RORDFLT every Linux guest includes): console 0009, spool 000C-000E, MAINT's CMS disks
+# 0190 019D 019E, CMSCLONE 192 as 0191, TCPMAINT 0592, the NIC 0600 (QDIO: 0600-0602).
+# §1.5.4 (the zipl.conf change on S10RWMNT, `dasd=1b0-1bf`): 01B0-01BF are the Linux
+# system's disks, with free slots "for other devices, e.g. a minidisk at 1B9 for /sbin/
+# and one at 1BA for /bin/"; "the additional slots from 2B0-2BF can be used for adding
+# devices for logical volumes, and the additional slots from 320-32F can be considered
+# reserved for future growth". §1.8's rwVG lies on 2B0.
+SYSTEM_RANGE = (0x01B0, 0x01BF)
+LVM_RANGE = (0x02B0, 0x02BF)
+ADDRESS_PLAN: tuple[tuple[int, int, str], ...] = (
+    (0x0009, 0x0009, "the virtual console (CONSOLE 009)"),
+    (0x000C, 0x000E, "the virtual reader, punch and printer (SPOOL 000C-000E)"),
+    (0x0190, 0x0190, "MAINT's CMS system disk (LINK MAINT 0190)"),
+    (0x0191, 0x0192, "the admin disk (CMSCLONE 0192, linked as every guest's 0191)"),
+    (0x019D, 0x019E, "MAINT's CMS disks (LINK MAINT 019D, 019E)"),
+    (0x0592, 0x0592, "TCPMAINT's TCP/IP disk (LINK TCPMAINT 0592)"),
+    (0x0600, 0x0602, "the network card (NICDEF 0600 TYPE QDIO: 0600-0602)"),
+    (0x0320, 0x032F, "future growth (the paper reserves 320-32F)"),
+)
+ADDRESS_HELP = (
+    "01B0-01BF: the Linux system's disks (Table 1-1 uses 01B0-01B8; 01B9-01BF are free"
+    " for more, e.g. middleware); 02B0-02BF: LVM physical volumes only; reserved for"
+    " something else: 0009, 000C-000E, 0190-0192, 019D-019E, 0592, 0600-0602 (the guest's"
+    " console, spool, CMS disks, admin disk, NIC) and 0320-032F (future growth)"
+)
+
+
+def check_address_plan(addr: str, kind: DiskKind, what: str) -> str:
+    """Refuse an address the paper gives to something else (ADDRESS_PLAN)."""
+    n = int(addr, 16)
+    for first, last, use in ADDRESS_PLAN:
+        if first <= n <= last:
+            raise InputError(f"{what} {addr} is reserved for {use}; {ADDRESS_HELP}")
+    if LVM_RANGE[0] <= n <= LVM_RANGE[1] and kind is not DiskKind.LVM:
+        raise InputError(
+            f'{what} {addr}: 02B0-02BF are for LVM physical volumes (kind = "lvm");'
+            " put a plain disk at a free address, e.g. 01B9-01BF"
+        )
+    return addr
+
+
 def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
     """Raise InputError for a disk that breaks a rule, or duplicate addresses or mounts."""
     seen: set[str] = set()
-    mounts: dict[str, str] = {}
+    disks = tuple(disks)
     for d in disks:
         check_layout_address(d.address, f"{source}: address")
         where = f"{source}: disk {d.address}"
@@ -186,24 +295,71 @@ def check_layout(disks: Iterable[DiskSpec], source: str = "layout") -> None:
         seen.add(d.address)
         if not isinstance(d.kind, DiskKind):
             raise InputError(f"{where}: kind {shown(d.kind)} is not a disk kind")
+        check_address_plan(d.address, d.kind, f"{source}: address")
         if not isinstance(d.access, Access):
             raise InputError(f"{where}: access {shown(d.access)} is not ro or rw")
         check_disk_size(d.size, f"{where}: size")
+        if d.kind is DiskKind.LVM:
+            _check_lvm_disk(d, where)
+        elif d.vg is not None or d.volumes:
+            raise InputError(f"{where}: only an lvm disk takes vg and volumes")
         if d.kind is DiskKind.FS:
             if d.mount is None or d.fs is None:
                 raise InputError(f"{where}: a filesystem disk needs mount and fs")
-            check_mount(d.mount, f"{where}: mount")
-            check_fs(d.fs, f"{where}: fs")
-            if d.mount in mounts:
-                raise InputError(
-                    f"{source}: mount point {d.mount} is given twice"
-                    f" ({mounts[d.mount]}, {d.address})"
-                )
-            mounts[d.mount] = d.address
         elif d.mount is not None or d.fs is not None:
             raise InputError(f"{where}: {d.kind} takes no mount or fs")
+    groups = [d.vg for d in disks if d.kind is DiskKind.LVM]
+    if len(set(groups)) != len(groups):
+        twice = next(g for g in groups if groups.count(g) > 1)
+        raise InputError(f"{source}: volume group {twice} is named by two lvm disks")
+    mounts: dict[str, Mounted] = {}
+    for m in mounted(disks):
+        check_mount(m.mount, f"{source}: disk {m.where}: mount")
+        check_fs(m.fs, f"{source}: disk {m.where}: fs")
+        if m.mount in EARLY_BOUND:
+            raise InputError(
+                f"{source}: disk {m.where}: mount {m.mount}: a read-only clone binds its own"
+                f" {m.mount} from /local before PID 1 starts; it cannot be a filesystem"
+            )
+        if m.mount in mounts:
+            raise InputError(
+                f"{source}: mount point {m.mount} is given twice"
+                f" ({mounts[m.mount].where}, {m.where})"
+            )
+        parent = _parent(m.mount, mounts)
+        if parent is not None and parent.access is Access.RW:
+            raise InputError(
+                f"{source}: disk {m.where}: mount {m.mount} lies under {parent.mount}, a"
+                f" private read-write filesystem ({parent.where}): its mount point would be"
+                " each clone's own to delete or cover; mount it beside, not under, the"
+                " private filesystems"
+            )
+        mounts[m.mount] = m
     if "/" not in mounts:
         raise InputError(f"{source}: no disk is mounted at /")
+
+
+def _parent(mount: str, mounts: dict[str, Mounted]) -> Mounted | None:
+    """The deepest filesystem already seen whose mount point holds `mount`."""
+    path = PurePosixPath(mount)
+    for up in path.parents:
+        if str(up) in mounts:
+            return mounts[str(up)]
+    return None
+
+
+def _check_lvm_disk(d: DiskSpec, where: str) -> None:
+    if d.access is not Access.RW:
+        raise InputError(
+            f'{where}: an lvm disk holds private read-write filesystems (access = "rw");'
+            " shared read-only disks are plain filesystem disks"
+        )
+    if d.vg is None:
+        raise InputError(f"{where}: an lvm disk needs vg (its volume group's name)")
+    for v in d.volumes:
+        if not isinstance(v, Volume):
+            raise InputError(f"{where}: volume {shown(v)} is not a volume")
+    check_volumes(d.vg, d.volumes, d.size, where)
 
 
 M = 1 << 20

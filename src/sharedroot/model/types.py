@@ -134,6 +134,7 @@ class DiskKind(StrEnum):
     FS = "fs"  # a filesystem
     SWAP = "swap"  # swap on a disk of its own
     VDISK = "vdisk"  # RAM-backed swap made fresh at each start (SWAPGEN)
+    LVM = "lvm"  # one LVM physical volume holding a volume group of filesystems (§1.8)
 
 
 class Switch(StrEnum):

@@ -6,7 +6,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from sharedroot.model.layout import (
     PAPER_LAYOUT,
     DiskSpec,
     Layout,
+    check_address_plan,
     check_fs,
     check_layout,
     check_layout_address,
@@ -31,12 +32,15 @@ from sharedroot.model.types import (
     parse_size,
     shown,
 )
+from sharedroot.model.volumes import Volume, check_lv_name, check_vg_name
 from sharedroot.model.writable import WritablePath, parse_table, render_table
 from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY, ZVM_SETTINGS, ZVM_SETTINGS_BY_KEY
 
 SITE_FILE = "site.toml"
 ROLE_KEYS = ("maintenance", "test", "staging", "worker", "admin")
-DISK_KEYS = ("kind", "mount", "fs", "access", "size")
+DISK_KEYS = ("kind", "mount", "fs", "access", "size", "vg", "volumes")
+VOLUME_KEYS = ("mount", "fs", "size")
+PAPER = "paper"  # `init --layout paper`: Table 1-1
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -104,24 +108,41 @@ def default_guests(prefix: str, slots: int) -> PipelineGuests:
     )
 
 
-def make_config(values: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> SiteConfig:
-    """A paper-layout config from setting values (as `init` gets them) and size overrides."""
+def make_config(
+    values: Mapping[str, Any],
+    sizes: Mapping[str, int] | None = None,
+    layout: Layout = PAPER_LAYOUT,
+) -> SiteConfig:
+    """A config from setting values (as `init` gets them), a layout and size overrides
+    (by mount point, a logical volume's too, or by address)."""
     parsed = {s.key: s.parse(values.get(s.key, s.default), s.key) for s in SETTINGS}
     zvm = ZvmSettings(
         **{s.key: s.parse(values.get(s.option, s.default), s.option) for s in ZVM_SETTINGS}
     )
     disks = []
     by_mount = dict(sizes or {})
-    for d in PAPER_LAYOUT:
+    for d in layout:
         key = d.mount or d.address
         size = by_mount.pop(key, None) or by_mount.pop(d.address, None) or d.size
-        disks.append(DiskSpec(d.address, d.kind, size, d.access, d.mount, d.fs))
+        volumes = tuple(replace(v, size=by_mount.pop(v.mount, v.size)) for v in d.volumes)
+        disks.append(replace(d, size=size, volumes=volumes))
     if by_mount:
         raise InputError(f"--size {next(iter(by_mount))}: no such mount point or address")
     guests = default_guests(parsed["prefix"], parsed["gold_slots"])
     config = SiteConfig(guests=guests, layout=Layout(tuple(disks)), zvm=zvm, **parsed)
     _check_guests(config.guests, "settings")
     return config
+
+
+def load_layout(path: Path) -> Layout:
+    """A layout file for `init --layout FILE`: a [disks] table as site.toml holds it."""
+    raw = _read_toml(path)
+    try:
+        _reject_unknown(raw, ("disks",), "top level")
+        return _layout(raw)
+    except InputError as exc:
+        msg = _one_line(str(exc))
+        raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
 
 def _check_guests(guests: PipelineGuests, source: str) -> None:
@@ -178,18 +199,24 @@ def load_config(path: Path) -> SiteConfig:
     """Read and validate site.toml; every error names the file, the key and the rule."""
     if not path.exists() and not path.is_symlink():
         raise InputError(f"{path}: no site here; run `sharedroot init` first")
-    regular_file(path, StoreError)  # a FIFO would hang the read
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: malformed TOML: {_one_line(str(exc))}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {_one_line(str(exc))}") from None
+    raw = _read_toml(path)
     try:
         return _parse(raw)
     except InputError as exc:
         msg = _one_line(str(exc))
         raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: no such file")
+    regular_file(path, StoreError)  # a FIFO would hang the read
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: malformed TOML: {_one_line(str(exc))}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {_one_line(str(exc))}") from None
 
 
 def _one_line(text: str) -> str:
@@ -220,6 +247,12 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
     gold = tuple(_guest(g, f"[guests] gold[{n}]") for n, g in enumerate(gold_raw, start=1))
     guests = PipelineGuests(gold=gold, **roles)
     _check_guests(guests, "[guests]")
+    layout = _layout(raw)
+    writable = parse_table(raw.get("writable", {}), layout)
+    return SiteConfig(guests=guests, layout=layout, zvm=zvm, writable=writable, **parsed)
+
+
+def _layout(raw: Mapping[str, Any]) -> Layout:
     dtab = _table(raw.get("disks", {}), "[disks]")
     if not dtab:
         raise InputError("[disks]: the layout has no disks")
@@ -234,18 +267,17 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
                 f"{where}: address {d.address} overlaps [disks.{by_address[d.address]}]"
             )
         by_address[d.address] = _key(key)
-        if d.mount is not None:
-            if d.mount in by_mount:
+        mounts = [(d.mount, where)] if d.mount is not None else []
+        mounts += [(v.mount, f"{where[:-1]}.volumes.{_key(v.name)}]") for v in d.volumes]
+        for mount, at in mounts:
+            if mount in by_mount:
                 raise InputError(
-                    f"{where} mount {d.mount!r}: mount point is given twice"
-                    f" (also [disks.{by_mount[d.mount]}])"
+                    f"{at} mount {mount!r}: mount point is given twice (also {by_mount[mount]})"
                 )
-            by_mount[d.mount] = _key(key)
+            by_mount[mount] = at
         disks.append(d)
     check_layout(disks, "[disks]")
-    layout = Layout(tuple(disks))
-    writable = parse_table(raw.get("writable", {}), layout)
-    return SiteConfig(guests=guests, layout=layout, zvm=zvm, writable=writable, **parsed)
+    return Layout(tuple(disks))
 
 
 def _disk(key: str, value: Any) -> DiskSpec:
@@ -279,7 +311,30 @@ def _disk(key: str, value: Any) -> DiskSpec:
         raise InputError(f"{where}: a filesystem disk needs mount and fs")
     if kind is not DiskKind.FS and (mount is not None or fs is not None):
         raise InputError(f"{where}: kind {kind.value} takes no mount or fs")
-    return DiskSpec(addr, kind, size, access, mount, fs)
+    check_address_plan(addr, kind, f"{where} address")
+    if kind is not DiskKind.LVM:
+        if "vg" in table or "volumes" in table:
+            raise InputError(f"{where}: kind {kind.value} takes no vg or volumes (lvm does)")
+        return DiskSpec(addr, kind, size, access, mount, fs)
+    if "vg" not in table:
+        raise InputError(f"{where}: an lvm disk needs vg (its volume group's name)")
+    vg = check_vg_name(_str(table["vg"], f"{where} vg"), f"{where} vg")
+    vtab = _table(table.get("volumes", {}), f"{where[:-1]}.volumes]")
+    volumes = tuple(_volume(where, name, v) for name, v in vtab.items())
+    return DiskSpec(addr, kind, size, access, vg=vg, volumes=volumes)
+
+
+def _volume(disk: str, name: str, value: Any) -> Volume:
+    where = f"{disk[:-1]}.volumes.{_key(name)}]"
+    check_lv_name(name, f"{where} name")
+    table = _table(value, where)
+    _reject_unknown(table, VOLUME_KEYS, where)
+    for key in VOLUME_KEYS:
+        if key not in table:
+            raise InputError(f"{where}: {key} is required")
+    mount = check_mount(_str(table["mount"], f"{where} mount"), f"{where} mount")
+    fs = check_fs(_str(table["fs"], f"{where} fs"), f"{where} fs")
+    return Volume(name, mount, fs, parse_size(table["size"], f"{where} size"))
 
 
 def _toml_str(value: str) -> str:
@@ -321,6 +376,13 @@ def render_config(config: SiteConfig) -> str:
             out.append(f"fs = {_toml_str(d.fs)}")
         out.append(f"access = {_toml_str(d.access.value)}  # what a read-only clone gets")
         out.append(f"size = {_toml_str(format_size(d.size))}")
+        if d.vg is not None:
+            out.append(f"vg = {_toml_str(d.vg)}  # one LVM volume group on this disk")
+        for v in d.volumes:
+            out.append(f"\n[disks.{d.address}.volumes.{_key(v.name)}]")
+            out.append(f"mount = {_toml_str(v.mount)}")
+            out.append(f"fs = {_toml_str(v.fs)}")
+            out.append(f"size = {_toml_str(format_size(v.size))}")
     out.extend(render_table(config.writable))
     return "\n".join(out) + "\n"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sharedroot.guestos import cloneprep as prep
-from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
 from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
@@ -28,7 +27,7 @@ def cloneprep(
 ) -> Outcome:
     guest = site.config.guests.maintenance
     selected = prep.select(operations)  # unknown names fail here, before anything
-    filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
+    filesystems = site.config.layout.with_filesystems  # logical volumes too
     with site.locked(ui, writes=not opts.dry_run):
         guards.logged_off(site, guest)
         guards.has_disks(site, guest, [d.address for d in filesystems])

@@ -27,6 +27,8 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-img", "qemu-utils", "overlay images and the benchmarks", False),
     Need("debootstrap", "debootstrap", "install Debian onto the maintenance guest"),
     Need("mkfs.xfs", "xfsprogs", "reflink-capable storage for instant copies", False),
+    Need("lvm", "lvm2", "write the volume group of a layout's LVM disk (install)", False),
+    Need("losetup", "mount", "reach an LVM disk's volumes on the worker", False),
 )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import sharedroot
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.guestos import debian, findself, importsys, zipl
+from sharedroot.guestos.lvmdisk import write_lvm_disk
 from sharedroot.guestos.platform import BootLoader, find
 from sharedroot.guestos.recipe import recipe_for, recipe_key
 from sharedroot.guestos.tree import install_extra, split_tree, staged_tree
@@ -105,10 +106,13 @@ def install(
                 install_extra(stage, files, [findself.UNIT_NAME], modes=modes)
                 sources = split_tree(stage, layout, platform=platform)
                 for d in disks:
-                    if d.kind is not DiskKind.VDISK:
+                    if d.kind is DiskKind.LVM:  # the volume group, then each volume's fs
+                        with site.hv.attach(guest, d.address, write=True) as device:
+                            write_lvm_disk(device, d, sources)
+                    elif d.kind is not DiskKind.VDISK:
                         site.hv.fill_disk(guest, d.address, d.kind, d.fs, sources.get(d.address))
 
-        where = ", ".join(f"{d.address} {d.mount or 'swap'}" for d in disks)
+        where = ", ".join(f"{d.address} {d.mount or d.vg or 'swap'}" for d in disks)
         steps = [
             Step(
                 f"import the system of {given.option} {given.path}"

@@ -11,7 +11,6 @@ from sharedroot.guestos.platform import find
 from sharedroot.guestos.readonly import check_supported, make_readonly
 from sharedroot.guestos.writable import check_tree
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
-from sharedroot.model.types import DiskKind
 from sharedroot.workflows import guards
 from sharedroot.workflows.attach import disk_hash, guest_tree
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
@@ -112,7 +111,7 @@ def mnt2rogld(site: Site, ui: UI, opts: Options) -> Outcome:
     g = site.config.guests
     source, target = g.maintenance, g.staging
     pairs = same_addresses(site)
-    filesystems = [d for d in site.config.layout.copied if d.kind is DiskKind.FS]
+    filesystems = site.config.layout.with_filesystems  # logical volumes too
     platform = find(site.hv.bus)
 
     with site.locked(ui, writes=not opts.dry_run):

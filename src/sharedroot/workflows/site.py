@@ -18,13 +18,13 @@ ADMIN_EXEC_DISK_SIZE = 4 << 20  # CMSCLONE 191: the EXECs' own small disk
 ADMIN_DISK_SIZE = 16 << 20  # CMSCLONE 192: every guest's parm file
 
 
-def init_site(home: Path, config: SiteConfig, ui: UI) -> Site:
+def init_site(home: Path, config: SiteConfig, ui: UI, layout_name: str = "paper") -> Site:
     def populate(site: Site) -> None:
         g = config.guests
         hv = site.hv
         layout = config.layout.copied
         with site.state.transaction():
-            args = {"layout": "paper", "prefix": config.prefix}
+            args = {"layout": layout_name, "prefix": config.prefix}
             op = site.state.journal_start("init", args, [])
 
             def step(text: str) -> None:

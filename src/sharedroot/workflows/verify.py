@@ -83,10 +83,11 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
     platform = find(site.hv.bus)
     _, fstab, _ = sh("cat /etc/fstab")
     sources = {f[1]: f[0] for f in (ln.split() for ln in fstab.splitlines()) if len(f) >= 2}
+    # A logical volume by its device-mapper path (the same in every clone), never UUID.
     wrong = [
-        f"{d.mount} on {sources.get(d.mount, 'nothing')}"
-        for d in site.config.layout
-        if d.mount is not None and sources.get(d.mount) != platform.filesystem(d.address)
+        f"{m.mount} on {sources.get(m.mount, 'nothing')}"
+        for m in site.config.layout.filesystems
+        if sources.get(m.mount) != m.device(platform.filesystem(m.address))
     ]
     checks.append(
         Check(

@@ -185,13 +185,14 @@ class ZvmBackend:
         self.cache.forget(guest)
         row = DiskRow(guest, address, kind, fs, cylinders * CYLINDER, Cache.file(guest, address))
         self.cache.put_disk(row)
-        if kind is DiskKind.SWAP or fs is not None:
+        if kind in (DiskKind.SWAP, DiskKind.LVM) or fs is not None:
             with self.worker.linked(guest, address, write=True) as alias:
                 self.worker.enable(alias)
                 # Low-level formatted even when `blank`: Linux writes (the dd fallback of
-                # a copy) only to a formatted ECKD disk.
+                # a copy) only to a formatted ECKD disk. An LVM disk's physical volume is
+                # written by install onto the partition (the paper's pvcreate "$dev"1).
                 part = devices.format_eckd(alias)
-                if not blank:
+                if not blank and kind is not DiskKind.LVM:
                     devices.make_filesystem(part, kind, fs)
         return row
 
