@@ -9,7 +9,7 @@ and the rule; main() prints it (as JSON with --json) and exits 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
