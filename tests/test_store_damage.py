@@ -24,6 +24,7 @@ namespace), and a version-1 store (read as it is, upgraded by a writer).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -565,6 +566,28 @@ def test_damaged_store(store: Path, cli: Callable[..., Ran], damage: Damage, com
         assert not touched, f"{command} changed the store: {sorted(touched)}"
     else:  # a writer that never met the damage may write, but not over it
         assert not {k for k in touched if k.startswith(damage.path)}, sorted(touched)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_closes_the_store(
+    store: Path, cli: Callable[..., Ran], command: str, fails: bool
+) -> None:
+    """Whether a command succeeds or fails, it closes its SQLite connection before it
+    returns: one left to the garbage collector closes (and a writer's removes the -wal)
+    at some later moment, under whatever runs next in the same process."""
+    if fails:
+        truncate(SOURCE, half=True)(store)
+        truncate(ADMIN, size=4096)(store)
+    gc.disable()  # so only the command's own close can remove the side files
+    try:
+        ran = cli(*COMMANDS[command])
+        assert (ran.code != 0) == (fails and command in WRITERS), ran.err
+        left = sorted(p.name for p in store.iterdir())
+        gc.collect()
+        assert sorted(p.name for p in store.iterdir()) == left, f"{command} left a connection open"
+    finally:
+        gc.enable()
 
 
 # --- init over a store that is there, damaged --------------------------------------------

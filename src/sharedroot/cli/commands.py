@@ -59,10 +59,17 @@ def _opts(args: argparse.Namespace) -> Options:
 def _site(args: argparse.Namespace, readonly: bool = False) -> Site:
     """The store; commands that only read open it read-only, so they work on a store
     the user cannot write (and can never change it by accident)."""
-    home = resolve_home(args.home)
-    if readonly:
-        return Site.open(home, readonly=True)
-    return Site.open(home)
+    site = Site.open(resolve_home(args.home), readonly=readonly)
+    _opened(args).append(site)
+    return site
+
+
+def _opened(args: argparse.Namespace) -> list[Site]:
+    """The sites a command opened: `main` closes them on every way out, so no SQLite
+    connection is left for the garbage collector to close (and its -wal file to vanish)
+    at some later moment."""
+    opened: list[Site] = args.__dict__.setdefault("opened_sites", [])
+    return opened
 
 
 def cmd_init(args: argparse.Namespace) -> Result:
@@ -82,6 +89,7 @@ def cmd_init(args: argparse.Namespace) -> Result:
     config = make_config(values, sizes, layout)
     home = resolve_home(args.home)
     site = init_site(home, config, _ui(args), args.layout)
+    _opened(args).append(site)
     data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}
 
     def render(out: Console) -> None:

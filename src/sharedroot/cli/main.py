@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("sharedroot: interrupted")
         return 130
+    finally:
+        for site in getattr(args, "opened_sites", []):
+            site.state.close()
     return result.exit_code
 
 
