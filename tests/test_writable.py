@@ -18,7 +18,7 @@ from conftest import BootSite, Ran, tree_hashes
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.guestos import earlybind, writable
 from sharedroot.guestos.readonly import make_readonly
-from sharedroot.guestos.tree import install_extra
+from sharedroot.guestos.tree import install_extra, replace_file
 from sharedroot.hypervisor.ipl import BootConfig, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.types import DiskKind
@@ -45,6 +45,9 @@ kind = "file"
 [writable."/opt/picky/cache"]
 where = "tmpfs"
 start = "empty"
+
+[writable."/opt/picky/conf"]
+where = "tmpfs"
 """
 # The table changed: the cache is gone, the log kept on /local.
 TABLE2 = TABLE.replace(
@@ -54,6 +57,7 @@ STATE = WritablePath("/opt/picky/state")
 LOG = WritablePath("/opt/picky/log", Where.TMPFS, Start.EMPTY)
 LOCK = WritablePath("/usr/share/picky/lock", Where.VAR, kind=Kind.FILE)
 CACHE = WritablePath("/opt/picky/cache", Where.TMPFS, Start.EMPTY)
+CONF = WritablePath("/opt/picky/conf", Where.TMPFS)
 
 
 def entry(path: str, body: str = 'where = "local"') -> str:
@@ -154,6 +158,8 @@ def tree(tmp_path: Path) -> Path:
     (root / "opt/picky/state/seed").write_text("from the gold\n")
     (root / "usr/share/picky").mkdir()
     (root / "usr/share/picky/lock").write_text("unlocked\n")
+    (root / "opt/picky/conf").mkdir()
+    (root / "opt/picky/conf/seed").write_text("conf from the gold\n")
     return root
 
 
@@ -167,25 +173,48 @@ def units(root: Path) -> set[str]:
 def test_make_readonly_puts_the_table_in_place(tree: Path, tmp_path: Path) -> None:
     said: list[str] = []
     pid = WritablePath("/usr/share/picky/pid", Where.VAR, Start.EMPTY, Kind.FILE)
-    make_readonly(tree, PAPER_LAYOUT, said.append, paths=(STATE, LOG, LOCK, CACHE, pid))
-    assert any("/opt/picky/log (dir) bound from /run/sharedroot/writable/" in s for s in said)
+    count = WritablePath("/usr/share/picky/count", Where.TMPFS, Start.EMPTY, Kind.FILE)
+    os.chown(tree / "usr/share/picky/lock", 7, 8)
+    make_readonly(
+        tree, PAPER_LAYOUT, said.append, paths=(STATE, LOG, LOCK, CACHE, pid, CONF, count)
+    )
+    assert any("/opt/picky/log (dir) bound from a tmpfs" in s for s in said)
     mounts = {"opt-picky-state.mount", "opt-picky-log.mount", "usr-share-picky-lock.mount",
-              "opt-picky-cache.mount", "usr-share-picky-pid.mount"}  # fmt: skip
+              "opt-picky-cache.mount", "usr-share-picky-pid.mount", "opt-picky-conf.mount",
+              "usr-share-picky-count.mount"}  # fmt: skip
     wants = {f"local-fs.target.wants/{m}" for m in mounts}
-    assert units(tree) == {writable.SERVICE, "local-fs.target.wants", *mounts, *wants}
+    services = {writable.SERVICE, writable.RUN_SERVICE}
+    assert units(tree) == {*services, "local-fs.target.wants", *mounts, *wants}
     for m in mounts:
         assert os.readlink(tree / UNITS / "local-fs.target.wants" / m) == f"../{m}"
     lock = (tree / UNITS / "usr-share-picky-lock.mount").read_text()
     assert "What=/var/lib/sharedroot/writable/usr/share/picky/lock\n" in lock
     assert "Where=/usr/share/picky/lock\n" in lock and "Options=bind\n" in lock
     assert f"Requires={writable.SERVICE}\n" in lock and "Before=local-fs.target\n" in lock
+    # an empty directory in memory is a tmpfs with the gold's owner and mode, no service
+    cache = (tree / UNITS / "opt-picky-cache.mount").read_text()
+    assert "What=tmpfs\nWhere=/opt/picky/cache\nType=tmpfs\n" in cache
+    assert "Options=mode=0755,uid=0,gid=0\n" in cache and "Requires=" not in cache
+    conf = (tree / UNITS / "opt-picky-conf.mount").read_text()
+    assert "What=/run/sharedroot/writable/opt/picky/conf\n" in conf
+    assert f"Requires={writable.RUN_SERVICE}\n" in conf
+    # the kept copies' service runs only while one of them is missing
     service = (tree / UNITS / writable.SERVICE).read_text()
     assert "DefaultDependencies=no\n" in service and "Before=local-fs.target" in service
     needs = next(ln for ln in service.splitlines() if ln.startswith("RequiresMountsFor="))
     assert set(needs.split("=")[1].split()) == {
         "/opt/picky", "/usr/share/picky", "/local/writable/opt/picky",
-        "/run/sharedroot/writable/opt/picky", "/var/lib/sharedroot/writable/usr/share/picky",
+        "/var/lib/sharedroot/writable/usr/share/picky",
     }  # fmt: skip
+    conditions = [ln for ln in service.splitlines() if ln.startswith("Condition")]
+    assert conditions == [
+        "ConditionPathExists=|!/local/writable/opt/picky/state",
+        "ConditionPathExists=|!/var/lib/sharedroot/writable/usr/share/picky/lock",
+        "ConditionPathExists=|!/var/lib/sharedroot/writable/usr/share/picky/pid",
+    ]
+    run = (tree / UNITS / writable.RUN_SERVICE).read_text()
+    assert f"ExecStart=systemd-tmpfiles --create {writable.RUN_CONF}\n" in run
+    assert "RequiresMountsFor=/opt/picky\n" in run and "Condition" not in run
     # mount points in the read-only root: a directory, or an empty file for a file
     assert (tree / "opt/picky/log").is_dir() and (tree / "opt/picky/cache").is_dir()
     assert (tree / "usr/share/picky/pid").read_text() == ""
@@ -194,12 +223,42 @@ def test_make_readonly_puts_the_table_in_place(tree: Path, tmp_path: Path) -> No
     script = tree / writable.PREPARE.lstrip("/")
     assert os.access(script, os.X_OK)
     subprocess.run(["sh", "-n", script], check=True)
-    assert "sharedroot_writable /local/writable/opt/picky/state /opt/picky/state copy dir" in (
-        script.read_text()
-    )
+    text = script.read_text()
+    assert "sharedroot_writable /local/writable/opt/picky/state /opt/picky/state copy dir" in text
+    assert "/run/" not in text  # the copies in memory are tmpfiles' job
+    listed = (tree / writable.LISTED.lstrip("/")).read_text().split()
+    assert sorted(listed) == sorted(w.path for w in (STATE, LOG, LOCK, CACHE, pid, CONF, count))
     if shutil.which("systemd-analyze"):  # reads the units as systemd would, no chroot
-        files = [tree / UNITS / n for n in (writable.SERVICE, *sorted(mounts))]
+        (tree / "usr/bin").mkdir()  # it looks for the programs the units run in the tree
+        replace_file(tree / "usr/bin/systemd-tmpfiles", b"", 0o755)
+        files = [tree / UNITS / n for n in (*sorted(services), *sorted(mounts))]
         subprocess.run(["systemd-analyze", "verify", f"--root={tree}", *files], check=True)
+
+
+def test_the_copies_in_memory_are_made_by_tmpfiles(tree: Path) -> None:
+    """The tmpfiles lines on real files: a copy of the gold's with its owner and mode,
+    an empty file with the gold's owner and mode, and a second run that keeps both."""
+    if not shutil.which("systemd-tmpfiles"):
+        pytest.skip("systemd-tmpfiles is not installed")
+    (tree / "opt/picky/conf").chmod(0o750)
+    os.chown(tree / "opt/picky/conf", 7, 8)
+    (tree / "usr/share/picky/lock").chmod(0o640)
+    os.chown(tree / "usr/share/picky/lock", 9, 10)
+    empty = WritablePath("/usr/share/picky/lock", Where.TMPFS, Start.EMPTY, Kind.FILE)
+    make_readonly(tree, PAPER_LAYOUT, print, paths=(CONF, empty))
+    conf = tree / writable.RUN_CONF.lstrip("/")
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={tree}", conf], check=True)
+    made = tree / "run/sharedroot/writable"
+    st = (made / "opt/picky/conf").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 7, 8)
+    assert (made / "opt/picky/conf/seed").read_text() == "conf from the gold\n"
+    st = (made / "usr/share/picky/lock").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size) == (0o640, 9, 10, 0)
+    (made / "opt/picky/conf/seed").write_text("changed\n")
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={tree}", conf], check=True)
+    assert (made / "opt/picky/conf/seed").read_text() == "changed\n"
+    assert not (tree / writable.PREPARE.lstrip("/")).exists()  # nothing kept: no script
+    assert not (tree / UNITS / writable.SERVICE).exists()
 
 
 def test_a_changed_table_gives_a_gold_with_just_its_units(tmp_path: Path, tree: Path) -> None:
@@ -279,12 +338,13 @@ def test_the_boot_script_makes_each_copy_once(tmp_path: Path) -> None:
 
 PICKY = """#!/bin/sh
 # picky: insists on writing in its own install tree; refuses to start if it cannot
-state=/opt/picky/state log=/opt/picky/log lock=/usr/share/picky/lock
+state=/opt/picky/state log=/opt/picky/log lock=/usr/share/picky/lock conf=/opt/picky/conf
 host=$(cat /proc/sys/kernel/hostname)
 n=$(( $(cat "$state/counter" 2>/dev/null || echo 0) + 1 ))
 if ! { echo "$n" > "$state/counter" && echo "$host" >> "$state/hosts" &&
-       echo "start $n" >> "$log/picky.log" && echo "$host" > "$lock"; } 2>/dev/null; then
-    echo "picky: cannot write in $state, $log or $lock" >&2
+       echo "start $n" >> "$log/picky.log" && echo "$host" > "$lock" &&
+       echo "$n" >> "$conf/boots"; } 2>/dev/null; then
+    echo "picky: cannot write in $state, $log, $lock or $conf" >&2
     exit 1
 fi
 """
@@ -299,6 +359,7 @@ ExecStart=/opt/picky/bin/picky
 [Install]
 WantedBy=multi-user.target
 """
+CONF_SEED = "conf from the gold"
 CLONES = {"LNX227": "10.0.2.27", "LNX228": "10.0.2.28"}
 
 
@@ -309,6 +370,7 @@ def put_picky(home: Path) -> None:
     with guest_tree(site, site.config.guests.maintenance, disks, write=True) as root:
         files = {"opt/picky/bin/picky": PICKY, "opt/picky/state/seed": "from the gold\n",
                  "usr/share/picky/lock": "unlocked\n",
+                 "opt/picky/conf/seed": "conf from the gold\n",
                  "etc/systemd/system/picky.service": PICKY_UNIT}  # fmt: skip
         install_extra(root, files, ["picky.service"])  # a script is made executable
     site.state.close()  # its -wal and -shm files go with the last connection
@@ -343,13 +405,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
 
 
 def picky(site: BootSite, guest: str) -> list[str]:
-    """What picky left: its status, counter, hosts seen, log, lock, and the seed."""
+    """What picky left: its status, counter, hosts seen, log, lock, the seed, and its
+    conf (a copy in memory: the boots it saw since this boot, and the gold's seed)."""
     out = site.sh(
         guest,
         "systemctl is-system-running --wait >/dev/null; systemctl is-active picky.service;"
         " cd /opt/picky; cat state/counter;"
         " tr '\\n' , < state/hosts; echo; tr '\\n' , < log/picky.log; echo;"
-        " cat /usr/share/picky/lock state/seed",
+        " cat /usr/share/picky/lock state/seed; tr '\\n' , < conf/boots; echo; cat conf/seed",
     )
     return out.splitlines()
 
@@ -361,7 +424,9 @@ def test_picky_runs_on_two_read_only_clones_each_with_its_own_state(fleet: BootS
     site.start(*CLONES)
     for g in CLONES:
         host = g.lower()
-        assert picky(site, g) == ["active", "1", f"{host},", "start 1,", host, "from the gold"]
+        assert picky(site, g) == [
+            "active", "1", f"{host},", "start 1,", host, "from the gold", "1,", CONF_SEED
+        ]  # fmt: skip
         ro = site.run("exec", g, "--", "touch", "/opt/foo", check=False)
         assert ro.returncode != 0 and "Read-only file system" in ro.stderr
         assert site.run("exec", g, "--", "touch", "/opt/picky/foo", check=False).returncode != 0
@@ -375,21 +440,37 @@ def test_picky_runs_on_two_read_only_clones_each_with_its_own_state(fleet: BootS
     site.start(*CLONES)
     for g in CLONES:
         host = g.lower()
-        want = ["active", "2", f"{host},{host},", "start 2,", host, "from the gold"]
+        want = [
+            "active",
+            "2",
+            f"{host},{host},",
+            "start 2,",
+            host,
+            "from the gold",
+            "2,",
+            CONF_SEED,
+        ]
         assert picky(site, g) == want
 
     # A new table (cache gone, the log kept on /local) reaches LNX227 by the pipeline.
     site_file = site.home / SITE_FILE
     site_file.write_text(site_file.read_text().replace(TABLE, TABLE2))
-    assert load_config(site_file).writable == (STATE, replace(LOG, where=Where.LOCAL), LOCK)
+    assert load_config(site_file).writable == (
+        STATE, replace(LOG, where=Where.LOCAL), LOCK, CONF
+    )  # fmt: skip
     site.run("mnt2rogld", "--yes")
     site.run("ro2gold", "--slot", "2", "--yes")
     site.run("migrate", "LNX227", "--slot", "2", "--reboot", "--yes")
     assert picky(site, "LNX227") == [
-        "active", "3", "lnx227,lnx227,lnx227,", "start 3,", "lnx227", "from the gold"
+        "active", "3", "lnx227,lnx227,lnx227,", "start 3,", "lnx227", "from the gold", "3,",
+        CONF_SEED,
     ]  # fmt: skip
     gone = "mountpoint -q /opt/picky/cache || echo unbound; ls /local/writable/opt/picky"
     assert site.sh("LNX227", gone).split() == ["unbound", "log", "state"]
     assert site.sh("LNX228", "mountpoint -q /opt/picky/cache && echo bound") == "bound\n"
     report = json.loads(site.run("verify", "LNX227", "--json", check=False).stdout)
     assert report["ok"], report
+    bound = [c for c in report["checks"] if c["check"] == "writable paths bound and writable"]
+    assert bound == [
+        {"check": bound[0]["check"], "ok": True, "detail": "4 of the gold's [writable] table"}
+    ]

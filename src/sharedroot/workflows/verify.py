@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sharedroot.errors import InputError
 from sharedroot.guestos.platform import find
+from sharedroot.guestos.writable import LISTED
 from sharedroot.model.parm import identity_from_parm
 from sharedroot.model.types import GuestState
 from sharedroot.workflows import guards
@@ -76,6 +77,23 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
     if own:
         with site.state.transaction():
             site.state.set_fact(f"machine-id:{guest}", machine_id)
+
+    # The gold's writable paths (site.toml [writable] when its slot was made), if any.
+    code, seen, _ = sh(
+        f"[ -f {LISTED} ] || exit 3; while read -r p; do"
+        ' if findmnt -rn --mountpoint "$p" >/dev/null && [ -w "$p" ]; then echo "+$p";'
+        f' else echo "-$p"; fi; done < {LISTED}'
+    )
+    if code != 3:
+        bad = [ln[1:] for ln in seen.splitlines() if not ln.startswith("+")]
+        good = len(seen.splitlines()) - len(bad)
+        checks.append(
+            Check(
+                "writable paths bound and writable",
+                code == 0 and not bad,
+                f"not: {', '.join(bad)}" if bad else f"{good} of the gold's [writable] table",
+            )
+        )
 
     _, failed, _ = sh("systemctl --failed --no-legend --plain")
     checks.append(Check("systemctl --failed is empty", failed == "", failed or "none failed"))
