@@ -1,15 +1,15 @@
 """Writable paths for picky software (site.toml [writable]): the table, the units
-mnt2rogld writes, and a picky program on two read-only clones (real boots).
+mnt2rogld writes, and the picky program that test_variants.py runs on two read-only
+clones (real boots, in the fleet of the paper's variants).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,10 @@ from sharedroot.guestos.tree import install_extra, replace_file
 from sharedroot.hypervisor.ipl import BootConfig, render_boot_config
 from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.types import DiskKind
-from sharedroot.model.writable import Kind, Start, Where, WritablePath, escape_path
+from sharedroot.model.writable import Kind, Start, Where, WritablePath, escape_path, parse_table
 from sharedroot.store.config import SITE_FILE, load_config, render_config
 from sharedroot.workflows.attach import guest_tree
 from sharedroot.workflows.context import Site
-
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)")
 
 TABLE = """
 [writable."/opt/picky/state"]
@@ -84,7 +82,7 @@ def test_a_table_is_read_and_written_back(site: Site, cli: Callable[..., Ran]) -
     path = site.home / SITE_FILE
     path.write_text(path.read_text() + TABLE)
     config = load_config(path)
-    assert config.writable == (STATE, LOG, LOCK, CACHE)
+    assert config.writable == (STATE, LOG, LOCK, CACHE, CONF)
     path.write_text(render_config(config))
     assert load_config(path) == config
     assert cli("guests").code == 0
@@ -138,6 +136,13 @@ def test_a_layout_without_var_takes_no_var_paths(site: Site, cli: Callable[..., 
     path.write_text(text + entry("/opt/a", 'where = "var"'))
     ran = cli("guests")
     assert ran.code == 2 and "where = 'var': no read-write /var disk" in ran.err, ran.err
+
+
+def test_var_on_a_logical_volume_takes_var_paths() -> None:
+    """The paper's rwVG holds /var: where = "var" needs a read-write /var, disk or LV."""
+    from test_layouts import both  # the LVM layout of the variants' boot test
+
+    assert parse_table(tomllib.loads(TABLE)["writable"], both()) == (STATE, LOG, LOCK, CACHE, CONF)
 
 
 # ---------------------------------------------------------------- the units (fast)
@@ -360,7 +365,6 @@ ExecStart=/opt/picky/bin/picky
 WantedBy=multi-user.target
 """
 CONF_SEED = "conf from the gold"
-CLONES = {"LNX227": "10.0.2.27", "LNX228": "10.0.2.28"}
 
 
 def put_picky(home: Path) -> None:
@@ -377,33 +381,6 @@ def put_picky(home: Path) -> None:
     os.sync()  # the images settled before the tests compare their hashes
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    s = BootSite.installed(tmp_path_factory, "writable")
-    put_picky(s.home)
-    site_file = s.home / SITE_FILE
-    base = site_file.read_text()
-    # a copy of something the maintenance system lacks: refused before any write
-    site_file.write_text(base + TABLE + entry("/opt/nothing"))
-    before = tree_hashes(s.home)
-    refused = s.run("mnt2rogld", "--yes", check=False)
-    assert refused.returncode == 1 and "/opt/nothing is not in the" in refused.stderr
-    assert tree_hashes(s.home) == before
-    site_file.write_text(base + TABLE)
-    before = tree_hashes(s.home)
-    assert s.run("mnt2rogld", "--dry-run").returncode == 0
-    assert tree_hashes(s.home) == before
-    s.run("mnt2rogld", "--yes")
-    s.run("ro2gold", "--slot", "1", "--yes")
-    for name, ip in CLONES.items():
-        s.run("define", name, "--ro", "--hostname", name.lower(), "--ip", ip,
-              "--gateway", "10.0.2.2")  # fmt: skip
-        s.run("clonero", name, "--yes")
-    yield s
-    for g in CLONES:
-        s.run("stop", g, "--timeout", "30", check=False)
-
-
 def picky(site: BootSite, guest: str) -> list[str]:
     """What picky left: its status, counter, hosts seen, log, lock, the seed, and its
     conf (a copy in memory: the boots it saw since this boot, and the gold's seed)."""
@@ -415,62 +392,3 @@ def picky(site: BootSite, guest: str) -> list[str]:
         " cat /usr/share/picky/lock state/seed; tr '\\n' , < conf/boots; echo; cat conf/seed",
     )
     return out.splitlines()
-
-
-@pytest.mark.boot
-@root_only
-def test_picky_runs_on_two_read_only_clones_each_with_its_own_state(fleet: BootSite) -> None:
-    site = fleet
-    site.start(*CLONES)
-    for g in CLONES:
-        host = g.lower()
-        assert picky(site, g) == [
-            "active", "1", f"{host},", "start 1,", host, "from the gold", "1,", CONF_SEED
-        ]  # fmt: skip
-        ro = site.run("exec", g, "--", "touch", "/opt/foo", check=False)
-        assert ro.returncode != 0 and "Read-only file system" in ro.stderr
-        assert site.run("exec", g, "--", "touch", "/opt/picky/foo", check=False).returncode != 0
-        assert site.sh(g, "ls -A /opt/picky/cache; mountpoint -q /opt/picky/cache && echo m") == (
-            "m\n"
-        )
-
-    # Each reboots: state on /local and the lock on /var are kept, the tmpfs log is new.
-    for g in CLONES:
-        site.run("stop", g)
-    site.start(*CLONES)
-    for g in CLONES:
-        host = g.lower()
-        want = [
-            "active",
-            "2",
-            f"{host},{host},",
-            "start 2,",
-            host,
-            "from the gold",
-            "2,",
-            CONF_SEED,
-        ]
-        assert picky(site, g) == want
-
-    # A new table (cache gone, the log kept on /local) reaches LNX227 by the pipeline.
-    site_file = site.home / SITE_FILE
-    site_file.write_text(site_file.read_text().replace(TABLE, TABLE2))
-    assert load_config(site_file).writable == (
-        STATE, replace(LOG, where=Where.LOCAL), LOCK, CONF
-    )  # fmt: skip
-    site.run("mnt2rogld", "--yes")
-    site.run("ro2gold", "--slot", "2", "--yes")
-    site.run("migrate", "LNX227", "--slot", "2", "--reboot", "--yes")
-    assert picky(site, "LNX227") == [
-        "active", "3", "lnx227,lnx227,lnx227,", "start 3,", "lnx227", "from the gold", "3,",
-        CONF_SEED,
-    ]  # fmt: skip
-    gone = "mountpoint -q /opt/picky/cache || echo unbound; ls /local/writable/opt/picky"
-    assert site.sh("LNX227", gone).split() == ["unbound", "log", "state"]
-    assert site.sh("LNX228", "mountpoint -q /opt/picky/cache && echo bound") == "bound\n"
-    report = json.loads(site.run("verify", "LNX227", "--json", check=False).stdout)
-    assert report["ok"], report
-    bound = [c for c in report["checks"] if c["check"] == "writable paths bound and writable"]
-    assert bound == [
-        {"check": bound[0]["check"], "ok": True, "detail": "4 of the gold's [writable] table"}
-    ]

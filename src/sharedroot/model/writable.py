@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from sharedroot.errors import InputError
 from sharedroot.model.layout import MOUNT_RULE, Layout, plain_path
-from sharedroot.model.types import shown
+from sharedroot.model.types import Access, shown
 
 KEYS = ("where", "start", "kind")
 MAX_PATHS = 64
@@ -169,7 +169,8 @@ def parse_table(raw: object, layout: Layout) -> tuple[WritablePath, ...]:
     for outer, inner in itertools.pairwise(ordered):
         if _under(inner.path, outer.path):
             raise InputError(f"{_label(inner.path)}: inside {_label(outer.path)}; list only one")
-    have = {d.mount for d in layout.private}
+    # a plain disk's or a logical volume's (the paper's rwVG holds /var)
+    have = {m.mount for m in layout.filesystems if m.access is Access.RW}
     for w in out:
         needed = "/" + w.where.value
         if w.where is not Where.TMPFS and needed not in have:
