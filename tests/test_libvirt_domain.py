@@ -26,7 +26,7 @@ from sharedroot.hypervisor.libvirt.domain import (
     read_disks,
     render,
 )
-from sharedroot.hypervisor.libvirt.uri import Transport, host_uri
+from sharedroot.model.hosturi import Transport, host_uri
 
 REPO = Path(__file__).resolve().parent.parent
 CMDLINE = 'root=/dev/disk/by-id/virtio-01B1 ro console=ttyS0 x="<a&b>"'

@@ -1,7 +1,7 @@
-"""The libvirt host URIs a site may name: the local system daemon, or one reached over SSH
-or TCP. Nothing else: no session daemons (guests must outlive the controller's login), no
-query parameters (`?socket=`, `?keyfile=`, `?command=` would let a setting run or open
-what it likes), no other drivers.
+"""The hosts of the libvirt backend: the URIs a site may name are the local system
+daemon or one reached over SSH or TCP. Nothing else: no session daemons (guests must
+outlive the controller's login), no query parameters (`?socket=`, `?keyfile=`,
+`?command=` would let a setting run or open what it likes), no other drivers.
 """
 
 from __future__ import annotations
