@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def main(argv: list[str]) -> int:
         say("must run as root (libvirt's system daemons, mount namespaces)")
         return LAB_FAILED
     root = Path(argv[0]).resolve()
+    # DIR goes into socket URIs and libvirt's configuration: plain characters only.
+    if not re.fullmatch(r"(/[A-Za-z0-9._+-]+)+", str(root)):
+        say(f"{str(root)!r}: DIR must be a path of A-Z a-z 0-9 . _ + - components")
+        return 2
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "lab.lock", "w") as lock:
         try:

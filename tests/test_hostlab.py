@@ -134,7 +134,11 @@ def test_sigterm_stops_both_hosts(lab_dir: Path) -> None:
     assert not any(alive(pid) for pid in running.values())
 
 
-def test_usage() -> None:
+def test_usage(tmp_path: Path) -> None:
     p = subprocess.run([str(LAUNCHER), "/nonexistent"], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("usage: scripts/hostlab DIR -- COMMAND")
+    odd = tmp_path / "a?socket=x"
+    p = subprocess.run([str(LAUNCHER), str(odd), "--", "true"], capture_output=True, text=True)
+    assert p.returncode == 2 and "DIR must be a path of" in p.stderr
+    assert not odd.exists()
