@@ -87,6 +87,8 @@ def run_lab(root: Path, command: list[str]) -> int:
             took = host.start()
             say(f"host {host.number} ({host.uri}) up in {took:.1f} s")
         ns1 = lab[0].running("libvirtd")
+        if ns1 is None:
+            raise LabError(f"host 1: libvirtd ended; see {lab[0].log}")
         argv = ["nsenter", f"--mount=/proc/{ns1}/ns/mnt", f"--wd={os.getcwd()}", "--", *command]
         child.append(subprocess.Popen(argv, env=command_env(lab, pool)))
         rc = child[0].wait()

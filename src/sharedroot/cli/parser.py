@@ -151,7 +151,7 @@ def build_parser() -> ArgumentParser:
             dest=s.option,
             action="append" if s.repeat else "store",
             metavar=s.metavar,
-            help=s.help if s.section == "libvirt" else f"{s.help} (default: {s.default})",
+            help=s.help if s.default in ((), "") else f"{s.help} (default: {s.default})",
         )
     p.add_argument(
         "--size",
