@@ -65,7 +65,10 @@ def daemons(lab: Path) -> dict[str, int | None]:
     for host in ("host1", "host2"):
         for daemon in ("libvirtd", "virtlogd"):
             pid_file = lab / host / f"{daemon}.pid"
-            pid = int(pid_file.read_text()) if pid_file.is_file() else None
+            try:
+                pid: int | None = int(pid_file.read_text())
+            except (FileNotFoundError, ValueError):  # not yet written, or being written
+                pid = None
             found[f"{host}/{daemon}"] = pid if alive(pid) else None
     return found
 
