@@ -21,7 +21,6 @@ from types import FrameType
 
 from hostlab.hosts import Host, LabError, say
 
-REPO = Path(__file__).resolve().parent.parent
 TCP_PORT = 16510
 LAB_FAILED = 125
 USAGE = "usage: scripts/hostlab DIR -- COMMAND...\n"
@@ -50,13 +49,7 @@ def hosts(root: Path) -> list[Host]:
 
 def command_env(lab: list[Host], pool: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # scripts/hostlab put the repository on PYTHONPATH for this launcher only
-    kept = [p for p in env.get("PYTHONPATH", "").split(":") if p and Path(p) != REPO]
-    if kept:
-        env["PYTHONPATH"] = ":".join(kept)
-    else:
-        env.pop("PYTHONPATH", None)
-    env.pop("LIBVIRT_DEFAULT_URI", None)
+    env.pop("LIBVIRT_DEFAULT_URI", None)  # COMMAND names its hosts
     env["SHAREDROOT_LAB_HOSTS"] = " ".join(h.uri for h in lab)
     env["SHAREDROOT_LAB_POOL"] = str(pool)
     return env
@@ -130,7 +123,3 @@ def main(argv: list[str]) -> int:
         except (LabError, OSError) as e:
             say(str(e))
             return LAB_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
