@@ -82,14 +82,13 @@ class DomainSpec:
     net: bool = True  # user-mode networking (NAT), as the local backend's guests have
 
 
-def _path(value: Path, what: str) -> str:
+def _check_path(value: Path, what: str) -> None:
     text = str(value)
     if not plain_path(text) or text == "/":
         raise InputError(
             f"{what} {shown(text)}: must be a normalized absolute path of"
             " A-Z a-z 0-9 . _ + - components"
         )
-    return text
 
 
 def check_spec(spec: DomainSpec) -> None:
@@ -109,9 +108,9 @@ def check_spec(spec: DomainSpec) -> None:
             raise InputError(f"{what}: {unit} {shown(n)}: must be a whole number {low}-{high}")
     if not CMDLINE_RULE.fullmatch(spec.cmdline):
         raise InputError(f"{what}: kernel command line {shown(spec.cmdline)}: not printable ASCII")
-    _path(spec.kernel, f"{what}: kernel")
-    _path(spec.initrd, f"{what}: initramfs")
-    _path(spec.console_log, f"{what}: console log")
+    _check_path(spec.kernel, f"{what}: kernel")
+    _check_path(spec.initrd, f"{what}: initramfs")
+    _check_path(spec.console_log, f"{what}: console log")
     seen: set[str] = set()
     for d in spec.disks:
         if not ADDRESS_RULE.fullmatch(d.address):
@@ -119,7 +118,7 @@ def check_spec(spec: DomainSpec) -> None:
         if d.address in seen:
             raise InputError(f"{what}: two disks at {d.address}")
         seen.add(d.address)
-        _path(d.path, f"{what}: disk {d.address}")
+        _check_path(d.path, f"{what}: disk {d.address}")
         if d.readonly and d.transient:
             raise InputError(f"{what}: disk {d.address}: read-only disks are never transient")
 
