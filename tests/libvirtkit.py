@@ -75,6 +75,8 @@ def rw_domain(xml: str, gold: str) -> str:
     root.find("name").text = "RWGOLD"  # type: ignore[union-attr]
     devices = root.find("devices")
     assert devices is not None
+    for log in devices.iterfind("*/log"):  # virtlogd keeps one writer per log file
+        log.set("file", log.get("file", "") + ".rw")
     for disk in devices.findall("disk"):
         source = disk.find("source")
         if source is None or source.get("file") != gold:

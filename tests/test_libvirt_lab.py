@@ -99,6 +99,7 @@ def test_clone_boots_on_lab_host_2(tmp_path_factory: pytest.TempPathFactory) -> 
     assert found["hostname"] == "lnx242"  # its identity, from its parm file
     assert found["gold_ro"][0] == 0 and found["gold_ro"][1].strip() == "1"
     assert found["qemu_io"][0] != 0 and 'Failed to get "write" lock' in found["qemu_io"][1]
-    assert "lock" in found["rw_domain"], found["rw_domain"]
+    assert 'Failed to get "write" lock' in found["rw_domain"], found["rw_domain"]
+    assert found["root"].split()[0] == "/dev/disk/by-id/virtio-01B1"
     assert found["clean_stop"], found["console"]
     assert sha256(gold) == gold_before
