@@ -4,6 +4,7 @@ COMMAND gets SHAREDROOT_LAB_HOSTS (the hosts' URIs, space-separated: host 1 firs
 SHAREDROOT_LAB_POOL (DIR/pool, the storage both hosts see) and runs in host 1's mount
 namespace. When it ends, however it ends (also on SIGTERM, SIGINT or SIGHUP, which are
 passed on to it), both hosts' domains are destroyed and their daemons stopped by PID.
+A SIGKILL of the lab leaves them running: the next lab on the same DIR stops them first.
 Exit: COMMAND's code (128+N if a signal N ended it); 125 if the lab itself failed.
 """
 

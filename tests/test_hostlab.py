@@ -129,8 +129,9 @@ def test_sigterm_stops_both_hosts(lab_dir: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed check: let the lab stop its daemons (SIGKILL would not)
+            proc.terminate()
+            proc.wait(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped in" in err
     assert all(pid is None for pid in daemons(lab_dir).values())
