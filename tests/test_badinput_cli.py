@@ -78,7 +78,7 @@ INPUT: list[tuple[list[str], str]] = [
     (["cloneprep", "--operations", "nosuch", "--yes"], "nosuch"),
     (["init", "--prefix", "TOOLONG"], "prefix"),
     (["init", "--gold-slots", "0"], "gold_slots"),
-    (["init", "--backend", "libvirt"], "backend = 'libvirt': must be one of local, zvm"),
+    (["init", "--backend", "libvirt"], "--host: the libvirt backend needs at least one host URI"),
     (["init", "--zvm-link-range", "F0FF-F000"], "link_range"),
     (["init", "--size", "usr"], "MOUNT=SIZE"),
     (

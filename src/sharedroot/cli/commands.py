@@ -21,8 +21,15 @@ from sharedroot.errors import InputError
 from sharedroot.model import fleetfile
 from sharedroot.model.layout import PAPER_LAYOUT
 from sharedroot.model.types import Distro, Initramfs, Network, Role, parse_size
-from sharedroot.store.config import PAPER, SITE_FILE, load_config, load_layout, make_config
-from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
+from sharedroot.store.config import (
+    PAPER,
+    SITE_FILE,
+    check_store_apart,
+    load_config,
+    load_layout,
+    make_config,
+)
+from sharedroot.store.settings import LIBVIRT_SETTINGS, SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import (
     cloneprep,
     clones,
@@ -75,7 +82,7 @@ def _opened(args: argparse.Namespace) -> list[Site]:
 def cmd_init(args: argparse.Namespace) -> Result:
     values = {
         s.option: getattr(args, s.option)
-        for s in (*SETTINGS, *ZVM_SETTINGS)
+        for s in (*SETTINGS, *ZVM_SETTINGS, *LIBVIRT_SETTINGS)
         if getattr(args, s.option) is not None
     }
     sizes: dict[str, int] = {}
@@ -88,6 +95,7 @@ def cmd_init(args: argparse.Namespace) -> Result:
     layout = PAPER_LAYOUT if args.layout == PAPER else load_layout(Path(args.layout))
     config = make_config(values, sizes, layout)
     home = resolve_home(args.home)
+    check_store_apart(config, home)
     site = init_site(home, config, _ui(args), args.layout)
     _opened(args).append(site)
     data = {"home": str(home), "guests": [g.name for g in site.state.guests()]}

@@ -25,7 +25,7 @@ from sharedroot.cli.grammar import (
 from sharedroot.cli.parser_guests import add_guest_commands
 from sharedroot.model.layout import ADDRESS_HELP
 from sharedroot.model.types import Distro, Initramfs, Network
-from sharedroot.store.settings import SETTINGS, ZVM_SETTINGS
+from sharedroot.store.settings import LIBVIRT_SETTINGS, SETTINGS, ZVM_SETTINGS
 from sharedroot.workflows import pipeline
 
 MAX_PARALLEL = 64
@@ -145,12 +145,13 @@ def build_parser() -> ArgumentParser:
         " has it (examples in layouts/: a middleware disk, /var and /srv as LVM logical"
         " volumes). Addresses follow the paper's plan: " + ADDRESS_HELP,
     )
-    for s in (*SETTINGS, *ZVM_SETTINGS):
+    for s in (*SETTINGS, *ZVM_SETTINGS, *LIBVIRT_SETTINGS):
         p.add_argument(
-            f"--{s.option.replace('_', '-')}",
+            s.flag,
             dest=s.option,
+            action="append" if s.repeat else "store",
             metavar=s.metavar,
-            help=f"{s.help} (default: {s.default})",
+            help=s.help if s.default in ((), "") else f"{s.help} (default: {s.default})",
         )
     p.add_argument(
         "--size",

@@ -34,7 +34,14 @@ from sharedroot.model.types import (
 )
 from sharedroot.model.volumes import Volume, check_lv_name, check_vg_name
 from sharedroot.model.writable import WritablePath, parse_table, render_table
-from sharedroot.store.settings import SETTINGS, SETTINGS_BY_KEY, ZVM_SETTINGS, ZVM_SETTINGS_BY_KEY
+from sharedroot.store.settings import (
+    LIBVIRT_SETTINGS,
+    LIBVIRT_SETTINGS_BY_KEY,
+    SETTINGS,
+    SETTINGS_BY_KEY,
+    ZVM_SETTINGS,
+    ZVM_SETTINGS_BY_KEY,
+)
 
 SITE_FILE = "site.toml"
 ROLE_KEYS = ("maintenance", "test", "staging", "worker", "admin")
@@ -77,6 +84,14 @@ class ZvmSettings:
 
 
 @dataclass(frozen=True)
+class LibvirtSettings:
+    """[libvirt]: the hosts whose libvirtd runs the guests, the pool every host sees."""
+
+    hosts: tuple[str, ...] = ()  # normalised URIs (model.hosturi)
+    pool: str = ""
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     backend: str
     prefix: str
@@ -88,6 +103,7 @@ class SiteConfig:
     guests: PipelineGuests
     layout: Layout
     zvm: ZvmSettings = ZvmSettings()
+    libvirt: LibvirtSettings = LibvirtSettings()
     writable: tuple[WritablePath, ...] = ()  # [writable]: paths picky software writes
 
     def slot_holder(self, slot: int) -> str:
@@ -119,6 +135,10 @@ def make_config(
     zvm = ZvmSettings(
         **{s.key: s.parse(values.get(s.option, s.default), s.option) for s in ZVM_SETTINGS}
     )
+    libvirt = LibvirtSettings(
+        **{s.key: s.parse(values.get(s.option, s.default), s.flag) for s in LIBVIRT_SETTINGS}
+    )
+    _check_libvirt(parsed["backend"], libvirt, {s.key: s.flag for s in LIBVIRT_SETTINGS})
     disks = []
     by_mount = dict(sizes or {})
     for d in layout:
@@ -129,9 +149,35 @@ def make_config(
     if by_mount:
         raise InputError(f"--size {next(iter(by_mount))}: no such mount point or address")
     guests = default_guests(parsed["prefix"], parsed["gold_slots"])
-    config = SiteConfig(guests=guests, layout=Layout(tuple(disks)), zvm=zvm, **parsed)
+    config = SiteConfig(
+        guests=guests, layout=Layout(tuple(disks)), zvm=zvm, libvirt=libvirt, **parsed
+    )
     _check_guests(config.guests, "settings")
     return config
+
+
+def check_store_apart(config: SiteConfig, home: Path) -> None:
+    """state.db stays with the controller: never in (or around) the pool the hosts share,
+    where SQLite's locking is not to be trusted (NFS)."""
+    if config.backend != "libvirt":
+        return
+    pool, store = Path(config.libvirt.pool), home.resolve()
+    if store == pool or pool in store.parents or store in pool.parents:
+        raise InputError(
+            f"--pool {pool}: the store {store} must stay with the controller, apart from"
+            " the pool the hosts share"
+        )
+
+
+def _check_libvirt(backend: str, libvirt: LibvirtSettings, names: Mapping[str, str]) -> None:
+    """The libvirt backend needs its hosts and pool; other backends take neither."""
+    needs = {"hosts": "at least one host URI", "pool": "the directory its hosts share"}
+    for key, what in needs.items():
+        given = bool(getattr(libvirt, key))
+        if backend == "libvirt" and not given:
+            raise InputError(f"{names[key]}: the libvirt backend needs {what}")
+        if backend != "libvirt" and given:
+            raise InputError(f"{names[key]}: only the libvirt backend takes it, not {backend}")
 
 
 def load_layout(path: Path) -> Layout:
@@ -225,7 +271,7 @@ def _one_line(text: str) -> str:
 
 
 def _parse(raw: Mapping[str, Any]) -> SiteConfig:
-    _reject_unknown(raw, ("site", "zvm", "guests", "disks", "writable"), "top level")
+    _reject_unknown(raw, ("site", "zvm", "libvirt", "guests", "disks", "writable"), "top level")
     site = _table(raw.get("site", {}), "[site]")
     _reject_unknown(site, tuple(SETTINGS_BY_KEY), "[site]")
     parsed = {s.key: s.parse(site.get(s.key, s.default), f"[site] {s.key}") for s in SETTINGS}
@@ -234,6 +280,13 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
     zvm = ZvmSettings(
         **{s.key: s.parse(ztab.get(s.key, s.default), f"[zvm] {s.key}") for s in ZVM_SETTINGS}
     )
+    ltab = _table(raw.get("libvirt", {}), "[libvirt]")
+    _reject_unknown(ltab, tuple(LIBVIRT_SETTINGS_BY_KEY), "[libvirt]")
+    where = {s.key: f"[libvirt] {s.key}" for s in LIBVIRT_SETTINGS}
+    libvirt = LibvirtSettings(
+        **{s.key: s.parse(ltab.get(s.key, s.default), where[s.key]) for s in LIBVIRT_SETTINGS}
+    )
+    _check_libvirt(parsed["backend"], libvirt, where)
     defaults = default_guests(parsed["prefix"], parsed["gold_slots"])
     gtab = _table(raw.get("guests", {}), "[guests]")
     _reject_unknown(gtab, (*ROLE_KEYS, "gold"), "[guests]")
@@ -249,7 +302,9 @@ def _parse(raw: Mapping[str, Any]) -> SiteConfig:
     _check_guests(guests, "[guests]")
     layout = _layout(raw)
     writable = parse_table(raw.get("writable", {}), layout)
-    return SiteConfig(guests=guests, layout=layout, zvm=zvm, writable=writable, **parsed)
+    return SiteConfig(
+        guests=guests, layout=layout, zvm=zvm, libvirt=libvirt, writable=writable, **parsed
+    )
 
 
 def _layout(raw: Mapping[str, Any]) -> Layout:
@@ -364,6 +419,12 @@ def render_config(config: SiteConfig) -> str:
             value = getattr(config.zvm, s.key)
             text = _toml_str(value) if isinstance(value, str) else str(value)
             out.append(f"{s.key} = {text}  # {s.help}")
+    if config.backend == "libvirt":
+        out.append("\n[libvirt]")
+        hosts = ", ".join(_toml_str(h) for h in config.libvirt.hosts)
+        out.append(f"hosts = [{hosts}]  # the libvirt hosts (their URIs) that run the guests")
+        pool = _toml_str(config.libvirt.pool)
+        out.append(f"pool = {pool}  # {LIBVIRT_SETTINGS_BY_KEY['pool'].help}")
     out.append("\n[guests]")
     for key in ROLE_KEYS:
         out.append(f"{key} = {_toml_str(getattr(config.guests, key))}")

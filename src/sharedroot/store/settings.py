@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sharedroot.errors import InputError
+from sharedroot.model.hosturi import host_uri
+from sharedroot.model.layout import plain_path
 from sharedroot.model.types import DEFAULT_DISTRO, Distro, Switch, shown
 
-BACKENDS = ("local", "zvm")
+BACKENDS = ("local", "zvm", "libvirt")
+MAX_HOSTS = 64
 DISTROS = tuple(Distro)
 
 
@@ -79,6 +82,29 @@ def _program(value: Any, key: str) -> str:
     return str(value)
 
 
+def _hosts(value: Any, key: str) -> tuple[str, ...]:
+    """Host URIs, normalised, each once; none (the default) until the backend is libvirt."""
+    if not isinstance(value, list | tuple) or len(value) > MAX_HOSTS:
+        raise InputError(f"{key} = {shown(value)}: must be a list of up to {MAX_HOSTS} host URIs")
+    uris = tuple(host_uri(v, key).uri for v in value)
+    for n, uri in enumerate(uris):
+        if uri in uris[:n]:
+            raise InputError(f"{key} {uri}: the same host is named twice")
+    return uris
+
+
+def _pool_dir(value: Any, key: str) -> str:
+    """The shared pool's directory: empty (the default) until the backend is libvirt."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not plain_path(value) or value == "/":
+        raise InputError(
+            f"{key} = {shown(value)}: must be a normalized absolute path of A-Z a-z 0-9 . _ + -"
+            " components, not /"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str  # the key in its section of site.toml; `init` takes it as --key (--zvm-key)
@@ -87,12 +113,19 @@ class Setting:
     help: str
     metavar: str = "VALUE"
     section: str = "site"  # [site], or the table of the backend it belongs to ([zvm])
+    name: str | None = None  # `init`'s option when not --key or --section-key (--host)
+    repeat: bool = False  # the option is given once per value (--host A --host B)
 
     @property
     def option(self) -> str:
-        """The `init` option (and argparse dest) of this setting."""
+        """The argparse dest of this setting (and, in dashes, its default `init` option)."""
         prefix = "" if self.section == "site" else f"{self.section}_"
         return f"{prefix}{self.key}"
+
+    @property
+    def flag(self) -> str:
+        """The `init` option: --key, --section-key, or the name the table gives."""
+        return "--" + (self.name or self.option.replace("_", "-"))
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -100,7 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
         "backend",
         _choice(BACKENDS),
         "local",
-        "hypervisor backend: local (image files + QEMU, the embedded default) or zvm",
+        "hypervisor backend: local (image files + QEMU, the embedded default), zvm, or"
+        " libvirt (guests as libvirt domains on one or more hosts; in progress)",
         "NAME",
     ),
     Setting(
@@ -212,5 +246,31 @@ ZVM_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# The libvirt backend's settings: [libvirt] in site.toml.
+LIBVIRT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "hosts",
+        _hosts,
+        (),
+        "a host whose libvirtd runs guests (give it once per host): qemu:///system (this"
+        " machine), qemu+ssh://[USER@]HOST[:PORT]/system or qemu+tcp://HOST[:PORT]/system",
+        "URI",
+        "libvirt",
+        name="host",
+        repeat=True,
+    ),
+    Setting(
+        "pool",
+        _pool_dir,
+        "",
+        "directory every host sees at the same path (NFS in production): the gold slots'"
+        " and every guest's disks live there as volumes; the store stays with the controller",
+        "PATH",
+        "libvirt",
+        name="pool",
+    ),
+)
+
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 ZVM_SETTINGS_BY_KEY = {s.key: s for s in ZVM_SETTINGS}
+LIBVIRT_SETTINGS_BY_KEY = {s.key: s for s in LIBVIRT_SETTINGS}
