@@ -13,12 +13,15 @@ from pathlib import Path
 from sharedroot.hypervisor.qemu.cmdline import MACHINES, machine
 from sharedroot.run import CommandError, run
 
+ACCELS = ("kvm", "tcg")
+PROBE_MARK = b"sharedroot-accel-probe-ok"  # what the probe's /init prints
+PROBE_CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=1"
 QEMU = MACHINES["amd64"].binary  # the probe boots an x86-64 kernel and /init
 
 
 def _probe_init() -> bytes:
     """A static x86-64 ELF /init: print a marker, then reboot (QEMU -no-reboot exits)."""
-    msg = b"sharedroot-accel-probe-ok\n"
+    msg = PROBE_MARK + b"\n"
     code = (
         b"\xb8\x01\x00\x00\x00"  # mov eax, 1 (write)
         b"\xbf\x01\x00\x00\x00"  # mov edi, 1
@@ -60,7 +63,7 @@ def _cpio(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return bytes(out)
 
 
-def _probe_initrd() -> bytes:
+def probe_initrd() -> bytes:
     return _cpio(
         [
             ("dev", 0o040755, b"", (0, 0)),
@@ -81,7 +84,7 @@ def is_x86_kernel(path: Path) -> bool:
     return elf or head[0x202:0x206] == b"HdrS"
 
 
-def _find_probe_kernel(cache_dir: Path | None) -> Path | None:
+def find_probe_kernel(cache_dir: Path | None) -> Path | None:
     candidates: list[Path] = []
     if cache_dir is not None and cache_dir.is_dir():
         for boot in sorted(cache_dir.glob("*/root/boot")):
@@ -94,20 +97,20 @@ def accel_works(accel: str, kernel: Path, timeout: float = 10) -> bool:
     """Boot `kernel` with a tiny initramfs under `accel`: does its /init really run?"""
     with tempfile.TemporaryDirectory(prefix="sharedroot-probe-") as tmp:
         initrd = Path(tmp, "probe.cpio")
-        initrd.write_bytes(_probe_initrd())
+        initrd.write_bytes(probe_initrd())
         log = Path(tmp, "serial.log")
         argv = [
             QEMU, "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "pc", "-accel", accel, "-m", "256", "-smp", "1", "-no-reboot",
             "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet loglevel=1",
+            "-append", PROBE_CMDLINE,
             "-serial", f"file:{log}",
         ]  # fmt: skip
         try:
             proc = run(argv, check=False, timeout=timeout)
         except CommandError:  # timed out: KVM hangs on what it cannot run
             return False
-        return proc.returncode == 0 and b"sharedroot-accel-probe-ok" in log.read_bytes()
+        return proc.returncode == 0 and PROBE_MARK in log.read_bytes()
 
 
 @functools.cache
@@ -146,9 +149,9 @@ def probe_accel(
     if cache_file is not None:
         with contextlib.suppress(OSError, ValueError):
             cached = json.loads(cache_file.read_text())
-            if cached.get("key") == key and cached.get("accel") in ("kvm", "tcg"):
+            if cached.get("key") == key and cached.get("accel") in ACCELS:
                 return str(cached["accel"])
-    kernel = kernel or _find_probe_kernel(cache_dir)
+    kernel = kernel or find_probe_kernel(cache_dir)
     if kernel is None:
         return "tcg"  # nothing to prove KVM with; TCG always works (not cached)
     accel = "kvm" if accel_works("kvm", kernel) else "tcg"

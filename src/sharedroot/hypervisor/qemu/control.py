@@ -8,6 +8,7 @@ import json
 import random
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,36 +164,44 @@ class GuestAgent:
     def exec(
         self, argv: list[str], timeout: float = 60, input: bytes | None = None
     ) -> tuple[int, bytes, bytes]:
-        """Run `argv` in the guest; return (exit code, stdout, stderr).
-
-        A command killed by a signal returns 128 + the signal number, as a shell would.
-        """
-        if not argv:
-            raise OperationError("exec: empty command")
+        """Run `argv` in the guest; return (exit code, stdout, stderr)."""
         self.sync()
-        args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
-        if input is not None:
-            args["input-data"] = base64.b64encode(input).decode()
-        started = self.command("guest-exec", **args)
-        pid = started["pid"]
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            status = self.command("guest-exec-status", pid=pid)
-            if status.get("exited"):
-                break
-            if time.monotonic() > deadline:
-                raise OperationError(
-                    f"exec {argv[0]}: still running in the guest after {timeout:.0f}s"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        out = base64.b64decode(status.get("out-data", ""))
-        err = base64.b64decode(status.get("err-data", ""))
-        code = status.get("exitcode")
-        if code is None:
-            code = 128 + int(status.get("signal", 0))
-        return int(code), out, err
+        return run_in_guest(self.command, argv, timeout, input)
+
+
+# (command name, timeout=..., **arguments) -> the agent's "return" value
+AgentCall = Callable[..., Any]
+
+
+def run_in_guest(
+    call: AgentCall, argv: list[str], timeout: float = 60, input: bytes | None = None
+) -> tuple[int, bytes, bytes]:
+    """guest-exec `argv` through an agent channel and wait for it: (exit code, stdout,
+    stderr). A command killed by a signal returns 128 + the signal number, as a shell would.
+    """
+    if not argv:
+        raise OperationError("exec: empty command")
+    args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+    if input is not None:
+        args["input-data"] = base64.b64encode(input).decode()
+    started = call("guest-exec", **args)
+    pid = started["pid"]
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        status = call("guest-exec-status", pid=pid)
+        if status.get("exited"):
+            break
+        if time.monotonic() > deadline:
+            raise OperationError(f"exec {argv[0]}: still running in the guest after {timeout:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    out = base64.b64decode(status.get("out-data", ""))
+    err = base64.b64decode(status.get("err-data", ""))
+    code = status.get("exitcode")
+    if code is None:
+        code = 128 + int(status.get("signal", 0))
+    return int(code), out, err
 
 
 def agent_exec(
