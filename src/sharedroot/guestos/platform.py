@@ -13,9 +13,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from sharedroot.errors import InputError
-from sharedroot.model.types import DeviceBus, shown
-
-_ADDRESS = re.compile(r"[0-9A-F]{4}")
+from sharedroot.model.types import DeviceBus, exact_address, shown
 
 
 class BootLoader(StrEnum):
@@ -33,8 +31,7 @@ class Platform:
 
     def disk(self, address: str) -> str:
         """The whole disk at an address, as the guest names it."""
-        if not _ADDRESS.fullmatch(address):
-            raise InputError(f"device address {shown(address)}: must be 4 upper-case hex digits")
+        exact_address(address)
         if self.bus is DeviceBus.VIRTIO:
             return f"/dev/disk/by-id/virtio-{address}"
         return f"/dev/disk/by-path/ccw-0.0.{address.lower()}"

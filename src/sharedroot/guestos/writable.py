@@ -165,7 +165,8 @@ def service_text(paths: Sequence[WritablePath]) -> str:
 
 def run_service_text(paths: Sequence[WritablePath]) -> str:
     copied = [w.path for w in in_run(paths) if w.start is Start.COPY]
-    needs = f"RequiresMountsFor={_needs(copied)}\n" if _needs(copied) else ""
+    mounts = _needs(copied)
+    needs = f"RequiresMountsFor={mounts}\n" if mounts else ""
     return (
         "[Unit]\n"
         "Description=sharedroot: the copies in memory of writable paths\n"

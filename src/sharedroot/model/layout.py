@@ -20,7 +20,7 @@ from sharedroot.model.types import (
     MAX_SIZE,
     Access,
     DiskKind,
-    address,
+    exact_address,
     format_size,
     shown,
 )
@@ -190,6 +190,17 @@ def plain_path(path: str) -> bool:
     )
 
 
+def check_plain_path(value: object, what: str) -> str:
+    """A file or directory a setting or the XML names: a normalized absolute path of plain
+    components, not /."""
+    if not isinstance(value, str) or not plain_path(value) or value == "/":
+        raise InputError(
+            f"{what} {shown(value)}: must be a normalized absolute path of A-Z a-z 0-9 . _ + -"
+            " components, not /"
+        )
+    return value
+
+
 def check_mount(mount: object, what: str) -> str:
     """A layout mount point: one of the rule's normalized absolute paths, not reserved."""
     if not isinstance(mount, str):
@@ -221,8 +232,7 @@ def check_fs(fs: object, what: str) -> str:
 
 def check_layout_address(addr: object, what: str) -> str:
     """A layout address: normalised, within 0000-0FFF, not the admin disk's."""
-    if not isinstance(addr, str) or addr != address(addr, what):
-        raise InputError(f"{what} {shown(addr)}: must be 4 upper-case hex digits")
+    addr = exact_address(addr, what)
     if int(addr, 16) > 0x0FFF:
         raise InputError(
             f"{what} {addr} overlaps the gold sets (1xxx, 2xxx);"

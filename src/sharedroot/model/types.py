@@ -33,6 +33,17 @@ def shown(value: object, limit: int = 60) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+EXACT_ADDRESS = re.compile(r"[0-9A-F]{4}")
+
+
+def exact_address(value: object, what: str = "device address") -> str:
+    """An address exactly as the store writes it (4 upper-case hex digits), as a value on
+    its way into a guest's file or a hypervisor's command must be: never normalised."""
+    if not isinstance(value, str) or not EXACT_ADDRESS.fullmatch(value):
+        raise InputError(f"{what} {shown(value)}: must be 4 upper-case hex digits")
+    return value
+
+
 def guest_name(text: object, what: str = "guest name") -> str:
     """A z/VM user ID: 1 to 8 of A-Z 0-9 @ # $, upper-cased; no blank, no line end."""
     if not isinstance(text, str):

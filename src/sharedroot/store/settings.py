@@ -13,7 +13,7 @@ from typing import Any
 
 from sharedroot.errors import InputError
 from sharedroot.model.hosturi import host_uri
-from sharedroot.model.layout import plain_path
+from sharedroot.model.layout import check_plain_path
 from sharedroot.model.types import DEFAULT_DISTRO, Distro, Switch, shown
 
 BACKENDS = ("local", "zvm", "libvirt")
@@ -97,12 +97,7 @@ def _pool_dir(value: Any, key: str) -> str:
     """The shared pool's directory: empty (the default) until the backend is libvirt."""
     if value == "":
         return ""
-    if not isinstance(value, str) or not plain_path(value) or value == "/":
-        raise InputError(
-            f"{key} = {shown(value)}: must be a normalized absolute path of A-Z a-z 0-9 . _ + -"
-            " components, not /"
-        )
-    return value
+    return check_plain_path(value, f"{key} =")
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice(BACKENDS),
         "local",
         "hypervisor backend: local (image files + QEMU, the embedded default), zvm, or"
-        " libvirt (guests as libvirt domains on one or more hosts; in progress)",
+        " libvirt (guests as libvirt domains on one or more hosts, images in a shared pool)",
         "NAME",
     ),
     Setting(

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from sharedroot.errors import InputError
 from sharedroot.hypervisor.qemu.cmdline import AGENT_PORT, MACHINES, guest_mac, machine
-from sharedroot.model.layout import plain_path
-from sharedroot.model.types import guest_name, shown
+from sharedroot.model.layout import check_plain_path
+from sharedroot.model.types import exact_address, guest_name, shown
 
-ADDRESS_RULE = re.compile(r"[0-9A-F]{4}")
 # What the kernel command line of a sharedroot.conf may hold: printable ASCII, one line.
 CMDLINE_RULE = re.compile(r"[\x20-\x7e]{0,4096}")
 MAX_MEMORY_MB = 1 << 20
@@ -83,12 +82,7 @@ class DomainSpec:
 
 
 def _check_path(value: Path, what: str) -> None:
-    text = str(value)
-    if not plain_path(text) or text == "/":
-        raise InputError(
-            f"{what} {shown(text)}: must be a normalized absolute path of"
-            " A-Z a-z 0-9 . _ + - components"
-        )
+    check_plain_path(str(value), what)
 
 
 def check_spec(spec: DomainSpec) -> None:
@@ -113,8 +107,7 @@ def check_spec(spec: DomainSpec) -> None:
     _check_path(spec.console_log, f"{what}: console log")
     seen: set[str] = set()
     for d in spec.disks:
-        if not ADDRESS_RULE.fullmatch(d.address):
-            raise InputError(f"{what}: address {shown(d.address)}: must be 4 upper-case hex digits")
+        exact_address(d.address, f"{what}: address")
         if d.address in seen:
             raise InputError(f"{what}: two disks at {d.address}")
         seen.add(d.address)

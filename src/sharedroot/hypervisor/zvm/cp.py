@@ -15,14 +15,13 @@ import re
 from dataclasses import dataclass
 
 from sharedroot.errors import InputError, OperationError, RefusedError
-from sharedroot.model.types import GuestState
+from sharedroot.model.types import GuestState, exact_address
 from sharedroot.run import run
 
 MAX_COMMAND = 240  # vmcp and the kernel refuse longer commands
 BIG_BUFFER = "1048576"  # vmcp's largest response buffer (QUERY LINKS/NAMES of 1000s)
 
 _USERID = re.compile(r"[A-Z0-9@#$]{1,8}")
-_VDEV = re.compile(r"[0-9A-F]{4}")
 _RC = re.compile(r"#(\d+)\s*$")
 _MSG = re.compile(r"^HCP\w{3}(\d+)E", re.MULTILINE)
 _DASD = re.compile(
@@ -49,9 +48,7 @@ def userid(value: str) -> str:
 
 def vdev(value: str) -> str:
     """A virtual device number as CP takes it: 4 upper-case hex digits."""
-    if not isinstance(value, str) or not _VDEV.fullmatch(value):
-        raise InputError(f"device {value!r}: must be 4 upper-case hex digits")
-    return value
+    return exact_address(value, "device")
 
 
 @dataclass(frozen=True)
