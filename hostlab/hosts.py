@@ -162,6 +162,30 @@ class Host:
             time.sleep(0.2)
         return time.monotonic() - began
 
+    def stop_libvirtd(self) -> None:
+        """The host's libvirtd goes away (its guests run on, as on a real host)."""
+        pid = self.running("libvirtd")
+        if pid is not None and not _terminate(pid, "libvirtd"):
+            raise LabError(f"host {self.number}: libvirtd {pid} had to be killed")
+
+    def restart_libvirtd(self) -> float:
+        """libvirtd again, in the host's namespace (its virtlogd kept it); seconds to answer."""
+        keeper = self.running("virtlogd")
+        if keeper is None or self.running("libvirtd") is not None:
+            raise LabError(f"host {self.number}: needs its virtlogd and no libvirtd to restart")
+        began = time.monotonic()
+        argv = ["nsenter", f"--mount=/proc/{keeper}/ns/mnt", "--", "libvirtd", "-d"]
+        argv += ["-p", str(self.pid_file("libvirtd"))]
+        argv += ["--listen"] if self.port is not None else []
+        done = subprocess.run(argv, env=DAEMON_ENV, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise LabError(f"host {self.number}: libvirtd did not restart: {done.stderr.strip()}")
+        while not self._answers():
+            if time.monotonic() - began > START_TIMEOUT:
+                raise LabError(f"host {self.number}: libvirtd did not answer again")
+            time.sleep(0.2)
+        return time.monotonic() - began
+
     def _answers(self) -> bool:
         return _virsh(self.socket_uri, "uri", timeout=30).returncode == 0
 

@@ -85,11 +85,65 @@ def test_store_stays_off_the_pool(tmp_path: Path, cli: Callable[..., Ran]) -> No
     assert not home.exists()
 
 
-def test_not_registered_yet_writes_nothing(home: Path, cli: Callable[..., Ran]) -> None:
-    ran = cli("init", "--backend", "libvirt", "--host", "qemu:///system", "--pool", "/srv/p")
-    assert ran.code == 2
-    assert "the libvirt backend is not available" in ran.err
-    assert not home.exists()
+GONE = "qemu+tcp://127.0.0.1:1/system"  # nothing listens on port 1
+
+
+def libvirt_init(cli: Callable[..., Ran], pool: Path, home: Path | None = None) -> Ran:
+    return cli("init", "--backend", "libvirt", "--host", GONE, "--pool", str(pool), home_dir=home)
+
+
+def test_init_needs_the_pool_mounted_and_writes_nothing_without(
+    tmp_path: Path, home: Path, cli: Callable[..., Ran]
+) -> None:
+    ran = libvirt_init(cli, tmp_path / "not-mounted")
+    assert ran.code == 1
+    assert "not a directory on this controller; mount the shared storage" in ran.err
+    assert not home.exists() and not (tmp_path / "not-mounted").exists()
+
+
+def test_images_live_in_the_pool_the_store_with_the_controller(
+    tmp_path: Path, home: Path, cli: Callable[..., Ran]
+) -> None:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    assert libvirt_init(cli, pool).code == 0  # init asks no host: nothing can use its disks
+    assert (pool / "disks" / "S10GOLD" / "21B1.img").is_file()
+    assert (home / "state.db").is_file() and not list(home.rglob("*.img"))
+    assert (pool / ".sharedroot-store").read_text().strip() == str(home.resolve())
+    # A second site cannot take the same pool: it would write over the first one's images.
+    before = tree_hashes(pool)
+    ran = libvirt_init(cli, pool, tmp_path / "other")
+    assert ran.code == 1 and f"holds the images of the site whose store is {home}" in ran.err
+    assert tree_hashes(pool) == before
+    # Every write asks every host first: one that cannot be reached refuses it, by name.
+    ran = cli("define", "LNX226", "--rw")
+    assert ran.code == 1
+    assert f"host {GONE} cannot be reached" in ran.err and "libvirt:" not in ran.err
+    assert not (pool / "disks" / "LNX226").exists()
+    assert tree_hashes(pool) == before
+    doctor = cli("--json", "doctor")
+    assert doctor.code == 1
+    rows = {r["program"]: r for r in doctor.json()["programs"]}  # type: ignore[index]
+    assert rows[GONE]["found"] is False and rows[str(pool)]["found"] is True
+    assert "qemu-system-x86_64" not in rows  # the hosts run the guests, not the controller
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["define", "LNX226", "--rw", "--host", "qemu:///system"], "--host: the local backend"),
+        (["move", "LNX226", "--to-host", "qemu:///system"], "--to-host: the local backend"),
+    ],
+)
+def test_hosts_are_the_libvirt_backends(
+    site: Site, home: Path, cli: Callable[..., Ran], args: list[str], words: str
+) -> None:
+    if args[0] == "move":
+        assert cli("define", "LNX226", "--rw").code == 0
+    before = tree_hashes(home / "disks"), cli("--json", "guests").out
+    ran = cli(*args)
+    assert ran.code == 2 and words in ran.err, ran.err
+    assert (tree_hashes(home / "disks"), cli("--json", "guests").out) == before
 
 
 BROKEN = [

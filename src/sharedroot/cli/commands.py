@@ -107,12 +107,12 @@ def cmd_init(args: argparse.Namespace) -> Result:
 
 
 def cmd_doctor(args: argparse.Namespace) -> Result:
-    backend, zvm = args.backend, None
+    backend, zvm, libvirt = args.backend, None, None
     site_file = resolve_home(args.home) / SITE_FILE
     if site_file.is_file():  # a site's own settings, when there is one
         config = load_config(site_file)
-        backend, zvm = backend or config.backend, config.zvm
-    rows = doctor.doctor(backend or "local", zvm)
+        backend, zvm, libvirt = backend or config.backend, config.zvm, config.libvirt
+    rows = doctor.doctor(backend or "local", zvm, libvirt)
     missing = [r for r in rows if r["required"] and not r["found"]]
 
     def render(out: Console) -> None:
@@ -146,11 +146,14 @@ def cmd_guests(args: argparse.Namespace) -> Result:
             f"{lk['address']}->{lk['owner']}.{lk['owner_address']}/{lk['mode']}"
             for lk in g["links"]
         )
-        return [g["name"], g["role"], state, disks, links, memory_cell(g)]
+        host = [g["host"] or "-"] if placed else []
+        return [g["name"], g["role"], state, *host, disks, links, memory_cell(g)]
+
+    placed = any(g["host"] for g in rows)  # a site of several hosts
 
     def render(out: Console) -> None:
-        headers = ["guest", "role", "state", "disks", "links", "host memory"]
-        table(out, headers, [cells(g) for g in rows])
+        headers = ["guest", "role", "state", *(["host"] if placed else []), "disks", "links"]
+        table(out, [*headers, "host memory"], [cells(g) for g in rows])
 
     return Result(rows, render)
 
@@ -204,7 +207,7 @@ def cmd_define(args: argparse.Namespace) -> Result:
         )
         batch = tuple(fleetfile.Definition(g, role, found) for g in args.guests)
     site = _site(args)
-    return outcome(define.define_many(site, _ui(args), _opts(args), batch))
+    return outcome(define.define_many(site, _ui(args), _opts(args), batch, host=args.host))
 
 
 def copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Handler:
@@ -257,6 +260,11 @@ def cmd_stop(args: argparse.Namespace) -> Result:
     return outcome(
         guest_ops.stop(_site(args), _ui(args), _opts(args), args.guest, timeout=args.timeout)
     )
+
+
+def cmd_move(args: argparse.Namespace) -> Result:
+    site, guest, host = _site(args), args.guest, args.to_host
+    return outcome(guest_ops.move(site, _ui(args), _opts(args), guest, host, timeout=args.timeout))
 
 
 def cmd_exec(args: argparse.Namespace) -> Result:

@@ -168,7 +168,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["local", "zvm"],
+        choices=["local", "zvm", "libvirt"],
         help="check for this backend (default: the site's at --home, else local)",
     )
     add(

@@ -48,6 +48,12 @@ def add_guest_commands(add: Add) -> None:
     )
     p.add_argument("--gateway", help="default gateway (parm file Gateway=)")
     p.add_argument("--nameserver", help="DNS server (parm file Nameserver=)")
+    p.add_argument(
+        "--host",
+        metavar="URI",
+        help="(libvirt) the host the guests run on, one of the site's [libvirt] hosts;"
+        " default: each on the host with the fewest guests",
+    )
     p.set_defaults(combination=define_combination)
     writer_flags(p, confirm=False)
 
@@ -70,6 +76,20 @@ def add_guest_commands(add: Add) -> None:
     )
     guest_arg(p)
     timeout(p, 60, "seconds before forcing")
+    writer_flags(p, confirm=False)
+
+    p = add(
+        "move",
+        c.cmd_move,
+        "(libvirt) run a guest on another host: stopped, it starts there next time;"
+        " running, it is shut down, started there and waited for. Its disks stay where"
+        " they are, in the pool every host sees",
+    )
+    guest_arg(p)
+    p.add_argument(
+        "--to-host", required=True, metavar="URI", help="the host, one of the site's hosts"
+    )
+    timeout(p, 300, "seconds to wait for a running guest to be ready again")
     writer_flags(p, confirm=False)
 
     p = add("console", c.cmd_console, "show a guest's console output (the serial console log)")

@@ -19,6 +19,7 @@ from sharedroot.store.state import State
 REGISTRY = {
     "local": "sharedroot.hypervisor.local",
     "zvm": "sharedroot.hypervisor.zvm.backend",
+    "libvirt": "sharedroot.hypervisor.libvirt.backend",
 }
 _TITLES = {"zvm": "z/VM", "libvirt": "libvirt"}
 

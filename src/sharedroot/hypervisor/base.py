@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sharedroot.errors import RefusedError
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.model.types import DeviceBus, DiskKind, GuestState, Mode, Role
 from sharedroot.store.rows import DiskRow, LinkRow
@@ -68,6 +69,19 @@ class Hypervisor(Protocol):
         ...
 
     def delete_guest(self, guest: str) -> None: ...
+
+    # hosts ----------------------------------------------------------------------
+    def hosts(self) -> tuple[str, ...]:
+        """The hosts guests may run on (their URIs); empty: every guest runs on one system."""
+        ...
+
+    def placement(self) -> dict[str, str]:
+        """Guest -> the host it starts on, for every placed guest (no call per guest)."""
+        ...
+
+    def place(self, guest: str, host: str) -> None:
+        """From its next start, the logged-off guest runs on `host` (one of `hosts()`)."""
+        ...
 
     # disks and links ------------------------------------------------------------
     def add_disk(
@@ -214,3 +228,17 @@ class Hypervisor(Protocol):
         """The guest's console output: first all of it so far (one chunk, perhaps empty),
         then, with `follow`, what it writes until it logs off."""
         ...
+
+
+class OneSystem:
+    """The host side of a backend whose guests all run on one system (this machine, one
+    z/VM): no hosts to choose from."""
+
+    def hosts(self) -> tuple[str, ...]:
+        return ()
+
+    def placement(self) -> dict[str, str]:
+        return {}
+
+    def place(self, guest: str, host: str) -> None:
+        raise RefusedError(f"{guest}: this site's guests all run on one system, not on {host}")

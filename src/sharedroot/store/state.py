@@ -153,6 +153,7 @@ class State(Database):
 
     def delete_guest(self, name: str) -> None:
         self.db.execute("DELETE FROM guests WHERE name = ?", (name,))
+        self.db.execute("DELETE FROM meta WHERE key = ?", (f"host:{name}",))
 
     def guest(self, name: str) -> GuestRow | None:
         row = self.db.execute("SELECT * FROM guests WHERE name = ?", (name,)).fetchone()
@@ -279,6 +280,18 @@ class State(Database):
         gen = int(cur.lastrowid or 0)
         self.db.execute("UPDATE slots SET generation = ? WHERE slot = ?", (gen, slot))
         return gen
+
+    # where guests run (a backend with several hosts) ----------------------------
+    def placement(self) -> dict[str, str]:
+        """Guest -> the URI of its host, for every placed guest (one query)."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'host:%'").fetchall()
+        return {str(k).removeprefix("host:"): str(v) for k, v in rows}
+
+    def set_host(self, guest: str, uri: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (f"host:{guest}", uri),
+        )
 
     # facts learnt about guests (e.g. the machine-id verify saw) --------------
     def fact(self, key: str) -> str | None:

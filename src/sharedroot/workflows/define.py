@@ -21,6 +21,7 @@ from sharedroot.model.layout import ADMIN_LINK_ADDRESS, ADMIN_OWN_ADDRESS
 from sharedroot.model.parm import Identity, format_parm
 from sharedroot.model.types import GuestState, Mode, Role
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
+from sharedroot.workflows.guest import site_host
 
 KIND = {Role.RW_CLONE: "read-write", Role.RO_CLONE: "read-only"}
 
@@ -44,8 +45,13 @@ def define(
     return define_many(site, ui, opts, [Definition(guest, role, identity)])
 
 
-def define_many(site: Site, ui: UI, opts: Options, batch: Sequence[Definition]) -> Outcome:
+def define_many(
+    site: Site, ui: UI, opts: Options, batch: Sequence[Definition], *, host: str | None = None
+) -> Outcome:
+    """Define the batch's guests; on a site of several hosts, all on `host` if given,
+    else each on the host with the fewest guests."""
     names = [d.guest for d in batch]
+    uri = None if host is None else site_host(site, host)
     if len(set(names)) != len(names):
         raise RefusedError("define: a guest is named twice in the batch")
     for d in batch:
@@ -67,7 +73,7 @@ def define_many(site: Site, ui: UI, opts: Options, batch: Sequence[Definition]) 
             if site.hv.query(guest) is GuestState.LOGGED_ON:
                 raise RefusedError(f"{guest} is logged on; an incomplete define cannot be redone")
 
-        steps = [_create_step(site, ui, d, d.guest in redo) for d in batch]
+        steps = [_create_step(site, ui, d, d.guest in redo, uri) for d in batch]
         # Parm files a redone guest had and its new definition has not go too.
         parms: dict[str, str | None] = {g: None for g in sorted(redo)} | dict(texts)
         if parms:
@@ -83,7 +89,8 @@ def define_many(site: Site, ui: UI, opts: Options, batch: Sequence[Definition]) 
                 )
             )
         try:
-            return perform(site, ui, opts, "define", _args(batch), steps, targets=names)
+            args = _args(batch) | ({} if uri is None else {"host": uri})
+            return perform(site, ui, opts, "define", args, steps, targets=names)
         except Exception:
             if not opts.dry_run:  # a define that failed leaves nothing behind
                 now = site.state.incomplete()
@@ -91,7 +98,7 @@ def define_many(site: Site, ui: UI, opts: Options, batch: Sequence[Definition]) 
             raise
 
 
-def _create_step(site: Site, ui: UI, d: Definition, redo: bool) -> Step:
+def _create_step(site: Site, ui: UI, d: Definition, redo: bool, host: str | None) -> Step:
     layout = site.config.layout
     disks = layout.copied if d.role is Role.RW_CLONE else layout.private
     admin, guest = site.config.guests.admin, d.guest
@@ -105,11 +112,14 @@ def _create_step(site: Site, ui: UI, d: Definition, redo: bool) -> Step:
                 site.hv.delete_guest(guest)  # its parm file is rewritten with the batch's
         with site.state.transaction():
             site.hv.define_guest(guest, d.role)
+            if host is not None:
+                site.hv.place(guest, host)
             for disk in disks:
                 site.hv.add_disk(guest, disk.address, disk.kind, disk.size, disk.fs, blank=blank)
             site.hv.link(guest, ADMIN_LINK_ADDRESS, admin, ADMIN_OWN_ADDRESS, Mode.RR)
 
     identity = f" as {d.identity.hostname} {d.identity.ip}" if d.identity else ""
+    identity += f" on {host}" if host else ""
     return Step(
         f"define {guest} ({KIND[d.role]} clone{identity}) with disks"
         f" {', '.join(disk.address for disk in disks)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sharedroot.run import have
-from sharedroot.store.config import ZvmSettings
+from sharedroot.store.config import LibvirtSettings, ZvmSettings
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,17 @@ _ZVM_PACKAGES = {t: "s390-tools" for t in ("vmcp", "chccwdev", "cio_ignore", "da
 _ZVM_PACKAGES |= {"udevadm": "udev", "smcli": "zthin (Feilong)"}
 NOT_A_PACKAGE = "z/VM"  # a directory or CP setting, not something apt installs
 
-# A z/VM worker (s390x Linux) runs no guests itself: CP does.
-_LOCAL_ONLY = ("qemu-system-x86_64", "nsenter", "debugfs", "fincore")
+# What only the machine that runs the guests needs: a z/VM worker (s390x Linux) runs
+# none itself (CP does), nor does a libvirt controller (its hosts do).
+_NOT_FOR = {
+    "zvm": ("qemu-system-x86_64", "nsenter", "debugfs", "fincore"),
+    "libvirt": ("qemu-system-x86_64", "nsenter", "fincore"),
+}
 
 
-def doctor(backend: str = "local", zvm: ZvmSettings | None = None) -> list[dict[str, object]]:
+def doctor(
+    backend: str = "local", zvm: ZvmSettings | None = None, libvirt: LibvirtSettings | None = None
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = [
         {
             "program": n.program,
@@ -51,8 +57,21 @@ def doctor(backend: str = "local", zvm: ZvmSettings | None = None) -> list[dict[
             "found": have(n.program),
         }
         for n in NEEDS
-        if backend == "local" or n.program not in _LOCAL_ONLY
+        if n.program not in _NOT_FOR.get(backend, ())
     ]
+    if backend == "libvirt":
+        from sharedroot.hypervisor.libvirt.doctor import doctor_checks as libvirt_checks
+
+        rows += [
+            {
+                "program": c.name,
+                "package": c.package,
+                "purpose": c.hint,
+                "required": True,
+                "found": c.found,
+            }
+            for c in libvirt_checks(libvirt or LibvirtSettings())
+        ]
     if backend == "zvm":
         from sharedroot.hypervisor.zvm.doctor import doctor_checks  # only on z/VM sites
 

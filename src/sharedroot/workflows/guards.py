@@ -27,6 +27,12 @@ def exists(site: Site, guest: str) -> Role:
     return row.role
 
 
+def where(site: Site, guests: list[str]) -> list[str]:
+    """The guests as a refusal names them: on a site of several hosts, each with its host."""
+    hosts = site.hv.placement()
+    return [f"{g} on {hosts[g]}" if g in hosts else g for g in guests]
+
+
 def not_linked(site: Site, owner: str, addresses: Iterable[str]) -> None:
     """No other guest may link a disk that is about to be overwritten."""
     users: dict[str, set[str]] = {}
@@ -35,7 +41,8 @@ def not_linked(site: Site, owner: str, addresses: Iterable[str]) -> None:
             if lk.guest != owner:
                 users.setdefault(lk.guest, set()).add(addr)
     if users:
-        who = "; ".join(f"{g} ({', '.join(sorted(a))})" for g, a in sorted(users.items()))
+        named = dict(zip(sorted(users), where(site, sorted(users)), strict=True))
+        who = "; ".join(f"{named[g]} ({', '.join(sorted(a))})" for g, a in sorted(users.items()))
         raise RefusedError(
             f"{owner}: guests are linked to the disks to be overwritten: {who}."
             " Shut them down or migrate them first"

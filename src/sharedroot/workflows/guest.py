@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from sharedroot.errors import OperationError, RefusedError
+from sharedroot.errors import InputError, OperationError, RefusedError
 from sharedroot.hypervisor.base import StartRequest
+from sharedroot.model.hosturi import host_uri
 from sharedroot.model.types import DiskKind, GuestState, Role, Switch
 from sharedroot.workflows import guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
@@ -102,3 +103,58 @@ def console(site: Site, guest: str, *, follow: bool = False) -> Iterator[bytes]:
 
 def running(site: Site, guest: str) -> bool:
     return site.hv.query(guest) is GuestState.LOGGED_ON
+
+
+def site_host(site: Site, value: str, what: str = "--host") -> str:
+    """One of the site's hosts, as its normalised URI (InputError naming them if not)."""
+    hosts = site.hv.hosts()
+    if not hosts:
+        raise InputError(
+            f"{what}: the {site.config.backend} backend runs every guest on one system;"
+            " hosts are the libvirt backend's"
+        )
+    uri = host_uri(value, what).uri
+    if uri not in hosts:
+        raise InputError(f"{what} {uri}: not a host of this site; its hosts: {', '.join(hosts)}")
+    return uri
+
+
+def move(
+    site: Site, ui: UI, opts: Options, guest: str, host: str, *, timeout: float = 300
+) -> Outcome:
+    """Run a guest on another host: stopped, it starts there next time; running, it is
+    shut down, started there and waited for (its disks are in the pool every host sees)."""
+    role = guards.exists(site, guest)
+    uri = site_host(site, host, "--to-host")
+    if role in NEVER_LOGGED_ON:
+        raise RefusedError(f"{guest} does not run on a host: {NEVER_LOGGED_ON[role]}")
+    request = start_request(site)
+    with site.locked(ui, writes=not opts.dry_run):
+        was = site.hv.placement().get(guest)
+        running = site.hv.query(guest) is GuestState.LOGGED_ON  # every host answers
+        if was == uri:
+            raise RefusedError(f"{guest} already runs on {uri}")
+
+        def place() -> dict[str, object]:
+            site.hv.place(guest, uri)
+            return {"guest": guest, "host": uri, "was": was}
+
+        def logon() -> dict[str, object]:
+            site.hv.start(guest, request)
+            return {"guest": guest, "started": True, "host": uri}
+
+        steps = []
+        if running:
+            steps.append(
+                Step(
+                    f"shut {guest} down on {was} (forced after 60s)",
+                    lambda: {"guest": guest, "shutdown": site.hv.stop(guest, 60)},
+                )
+            )
+        steps.append(Step(f"place {guest} on {uri}", place))
+        if running:
+            steps.append(Step(f"LOGON {guest} on {uri} and IPL {request.boot_address}", logon))
+        outcome = perform(site, ui, opts, "move", {"guest": guest, "host": uri}, steps)
+    if running and not opts.dry_run:
+        outcome.results.append(wait_ready(site, ui, guest, timeout))
+    return outcome

@@ -169,10 +169,11 @@ def ro2gold(site: Site, ui: UI, opts: Options, slot: int | None = None) -> Outco
         holder = site.config.slot_holder(chosen)
         linkers = sorted({lk.guest for lk in site.hv.links_to(holder) if lk.guest != holder})
         if linkers:
+            who = ", ".join(guards.where(site, linkers))
             raise RefusedError(
                 f"WARNING: guests are currently reading the {holder} disks (gold slot"
-                f" {chosen}): {', '.join(linkers)}. The slot cannot be overwritten while"
-                " they link it; stop or migrate them, or choose another --slot"
+                f" {chosen}): {who}. The slot cannot be overwritten while they link it;"
+                " stop or migrate them, or choose another --slot"
             )
         moving = [
             k.removeprefix("migrating:")

@@ -35,6 +35,7 @@ def _guests(site: Site) -> list[dict[str, Any]]:
         )
     incomplete = site.state.incomplete()
     on = site.hv.logged_on()  # one QUERY NAMES, not one QUERY per guest
+    hosts = site.hv.placement()  # empty where every guest runs on one system
     held = site.hv.memory(on) or {}
     # Linked disks (the gold's, the admin disk) are in the host's page cache once for
     # all their users: counted once, on their owner's row.
@@ -53,6 +54,8 @@ def _guests(site: Site) -> list[dict[str, Any]]:
                 "state": state.value,
                 "disks": disks.get(g.name, []),
                 "links": links.get(g.name, []),
+                # the host it runs on (libvirt); None where there is one system
+                "host": hosts.get(g.name),
                 # A read-only clone that clonero has not filled yet (blank private disks).
                 "cloned": None
                 if g.role is not Role.RO_CLONE
@@ -90,6 +93,7 @@ def _linked(site: Site) -> dict[str, Any]:
     disks = [(cfg.guests.staging, tell)] + [(h, gold_ro_address(tell)) for h in cfg.guests.gold]
     users = site.hv.users(disks)
     on = site.hv.logged_on() if users else set()  # who runs: asked only when someone links
+    hosts = site.hv.placement()  # where each runs, on a site of several hosts
     holders: list[dict[str, Any]] = [
         {
             "holder": cfg.guests.staging,
@@ -100,7 +104,7 @@ def _linked(site: Site) -> dict[str, Any]:
             "built_from": None,
             "built": None,
             "incomplete": cfg.guests.staging in site.state.incomplete(),
-            "clones": _linkers(cfg.guests.staging, users, on),
+            "clones": _linkers(cfg.guests.staging, users, on, hosts),
         }
     ]
     incomplete = site.state.incomplete()
@@ -117,15 +121,17 @@ def _linked(site: Site) -> dict[str, Any]:
                 "built_from": gen.source if gen else None,
                 "built": gen.created if gen else None,
                 "incomplete": holder in incomplete,
-                "clones": _linkers(holder, users, on),
+                "clones": _linkers(holder, users, on, hosts),
             }
         )
     return {"current_slot": current, "holders": holders}
 
 
-def _linkers(owner: str, users: list[LinkRow], on: set[str]) -> list[dict[str, Any]]:
+def _linkers(
+    owner: str, users: list[LinkRow], on: set[str], hosts: dict[str, str]
+) -> list[dict[str, Any]]:
     names = sorted({lk.guest for lk in users if lk.owner == owner and lk.guest != owner})
-    return [{"name": n, "running": n in on} for n in names]
+    return [{"name": n, "running": n in on, "host": hosts.get(n)} for n in names]
 
 
 def linked_lines(facts: dict[str, Any]) -> list[str]:
@@ -135,6 +141,8 @@ def linked_lines(facts: dict[str, Any]) -> list[str]:
         label = f"[[{h['label']}]]" if h["current"] else h["label"]
         if h["incomplete"]:
             label += " (INCOMPLETE)"
-        names = " ".join(c["name"] for c in h["clones"])
+        names = " ".join(
+            c["name"] + (f" ({c['host']})" if c.get("host") else "") for c in h["clones"]
+        )
         lines.append(f"{h['holder']} LINKS: {label}" + (f" {names}" if names else ""))
     return lines

@@ -1,7 +1,7 @@
-"""The libvirt backend (in progress): guests as libvirt domains on one or more hosts.
+"""The libvirt backend: guests as libvirt domains on one or more hosts, one controller.
 
-So far its pure parts: the domain XML that sharedroot's own state renders to (domain);
-which host URIs a site may name is a rule of the model (sharedroot.model.hosturi), as
-site.toml is checked with it. The backend itself, which defines and starts
-the domains through the libvirt binding, is not registered yet.
+`backend` (the Hypervisor), `domain` (the XML rendered from sharedroot's own state),
+`hosts` (every host asked as one fleet), `agent` (the guest agent through libvirt),
+`probe` (KVM per host), `doctor`. Which host URIs a site may name is a rule of the model
+(sharedroot.model.hosturi), as site.toml is checked with it.
 """

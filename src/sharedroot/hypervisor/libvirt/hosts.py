@@ -18,6 +18,9 @@ import libvirt  # type: ignore[import-untyped]  # the binding ships no types
 from sharedroot.errors import RefusedError
 from sharedroot.model.hosturi import host_uri
 
+# libvirt prints every error it raises to stderr unless told not to; ours say it better.
+libvirt.registerErrorHandler(lambda _context, _error: None, None)
+
 
 class Hosts:
     """Connections to the site's hosts, opened on first use and kept."""

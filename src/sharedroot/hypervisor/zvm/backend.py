@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from sharedroot.errors import InputError, RefusedError
-from sharedroot.hypervisor.base import StartRequest
+from sharedroot.hypervisor.base import OneSystem, StartRequest
 from sharedroot.hypervisor.copyengine import CopyResult, Progress
 from sharedroot.hypervisor.zvm import devices, guestlink
 from sharedroot.hypervisor.zvm.aliases import Aliases
@@ -52,7 +52,7 @@ def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-class ZvmBackend:
+class ZvmBackend(OneSystem):
     name = "zvm"
     bus = DeviceBus.CCW
 
