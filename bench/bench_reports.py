@@ -24,21 +24,25 @@ GUESTS = 1000
 RUNS = 5
 
 
-def build(home: Path) -> None:
-    assert main(["--home", str(home), "init"]) == 0
+def build(home: Path, init: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> None:
+    """A site (`init` ARGS) and GUESTS read-only clones; with `hosts`, spread over them."""
+    assert main(["--home", str(home), "init", *init]) == 0
     site = Site.open(home)
     layout = site.config.layout
+    root = getattr(site.hv, "disk_root", home)  # where the images of the site live
     with site.state.transaction():
         for n in range(GUESTS):
             name = f"LNX{n:05d}"
             site.state.add_guest(name, Role.RO_CLONE)
-            (home / "disks" / name).mkdir(parents=True)
+            if hosts:
+                site.state.set_host(name, hosts[n % len(hosts)])
+            (root / "disks" / name).mkdir(parents=True)
             for d in layout.private:
-                path = home / "disks" / name / f"{d.address}.img"
+                path = root / "disks" / name / f"{d.address}.img"
                 with open(path, "wb") as f:
                     f.truncate(d.size)
                 site.state.add_disk(
-                    DiskRow(name, d.address, d.kind, d.fs, d.size, str(path.relative_to(home)))
+                    DiskRow(name, d.address, d.kind, d.fs, d.size, str(path.relative_to(root)))
                 )
             holder = site.config.guests.gold[n % 2]
             for d in layout.shared:
@@ -49,6 +53,7 @@ def build(home: Path) -> None:
                 LinkRow(name, ADMIN_LINK_ADDRESS, "CMSCLONE", ADMIN_OWN_ADDRESS, Mode.RR)
             )
         site.state.set_current_slot(1)
+    site.state.close()
 
 
 def timed(argv: list[str]) -> float:
