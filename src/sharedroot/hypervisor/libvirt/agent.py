@@ -14,6 +14,7 @@ import libvirt  # type: ignore[import-untyped]  # the binding ships no types
 import libvirt_qemu  # type: ignore[import-untyped]
 
 from sharedroot.errors import OperationError
+from sharedroot.hypervisor.libvirt.hosts import error_text
 from sharedroot.hypervisor.qemu.control import AgentCall, run_in_guest
 
 
@@ -29,8 +30,7 @@ def agent_call(domain: Any) -> AgentCall:
                 domain, json.dumps(request), max(1, int(timeout)), 0
             )
         except libvirt.libvirtError as exc:
-            detail = (exc.get_error_message() or str(exc)).splitlines()[0]
-            raise OperationError(f"guest agent {name}: {detail}") from None
+            raise OperationError(f"guest agent {name}: {error_text(exc)}") from None
         try:
             message = json.loads(answer)
         except ValueError:

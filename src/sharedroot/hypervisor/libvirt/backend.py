@@ -27,7 +27,7 @@ from sharedroot.hypervisor.imagedisks import ImageDisks
 from sharedroot.hypervisor.ipl import extract_boot_files
 from sharedroot.hypervisor.libvirt import agent
 from sharedroot.hypervisor.libvirt.domain import Disk, DomainSpec, domain_type, render
-from sharedroot.hypervisor.libvirt.hosts import Hosts
+from sharedroot.hypervisor.libvirt.hosts import Hosts, error_text
 from sharedroot.hypervisor.libvirt.probe import host_accel
 from sharedroot.hypervisor.qemu import process
 from sharedroot.model.hosturi import host_uri
@@ -36,11 +36,9 @@ from sharedroot.store.config import SiteConfig
 from sharedroot.store.state import State
 
 CONSOLE_LOG = "console.log"
+OWNER_FILE = ".sharedroot-store"  # in the pool: the store whose images it holds
 # Guests that only hold disks never run, so they have no host (NOLOG, as in the paper).
 HOSTLESS = (Role.GOLD, Role.ADMIN, Role.WORKER)
-
-
-OWNER_FILE = ".sharedroot-store"  # in the pool: the store whose images it holds
 
 
 def create(config: SiteConfig, home: Path, state: State) -> LibvirtBackend:
@@ -206,7 +204,7 @@ class LibvirtBackend(ImageDisks):
         try:
             conn.createXML(render(spec), 0)
         except libvirt.libvirtError as exc:
-            raise OperationError(f"{guest}: {uri} did not start it: {_message(exc)}") from None
+            raise OperationError(f"{guest}: {uri} did not start it: {error_text(exc)}") from None
 
     def wait_ready(self, guest: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -254,9 +252,11 @@ class LibvirtBackend(ImageDisks):
             time.sleep(0.5)
         try:
             domain.destroy()
-        except libvirt.libvirtError:
+        except libvirt.libvirtError as exc:
             if _active(domain):
-                raise
+                raise OperationError(
+                    f"{guest}: could not be forced off: {error_text(exc)}"
+                ) from None
         return "forced"
 
     def execute(self, guest: str, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
@@ -272,7 +272,3 @@ def _active(domain: Any) -> bool:
         return bool(domain.isActive())
     except libvirt.libvirtError:
         return False  # a transient domain that ended is gone
-
-
-def _message(exc: Any) -> str:
-    return str((exc.get_error_message() or str(exc)).splitlines()[0])

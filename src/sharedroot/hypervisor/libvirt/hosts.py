@@ -67,13 +67,17 @@ class Hosts:
         self._conns.clear()
 
 
+def error_text(exc: Any) -> str:
+    """The first line of what a libvirtError says."""
+    return str((exc.get_error_message() or str(exc)).splitlines()[0])
+
+
 @contextmanager
 def _reaching(uri: str) -> Iterator[None]:
     try:
         yield
     except libvirt.libvirtError as exc:
-        detail = (exc.get_error_message() or str(exc)).splitlines()[0]
         raise RefusedError(
-            f"host {uri} cannot be reached ({detail}); sharedroot refuses rather than"
+            f"host {uri} cannot be reached ({error_text(exc)}); sharedroot refuses rather than"
             " answer for the hosts it can see"
         ) from None
