@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from sharedroot.errors import OperationError
 
@@ -75,6 +76,35 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stderr or "")
     return proc
+
+
+def start(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
+    detach: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a program that runs on beside us (a job's runner, a job's command).
+
+    `detach` puts it in a session of its own, so a signal to ours (a server stopped
+    with Ctrl-C) does not reach it.
+    """
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=None if env is None else dict(env),
+            pass_fds=tuple(pass_fds),
+            start_new_session=detach,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(args, 127, f"{args[0]}: not found ({exc.strerror})") from None
 
 
 def have(program: str) -> bool:

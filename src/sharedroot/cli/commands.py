@@ -38,6 +38,7 @@ from sharedroot.workflows import (
     doctor,
     generations,
     install,
+    journal,
     migrate,
     pipeline,
     report,
@@ -360,24 +361,7 @@ def cmd_migrate(args: argparse.Namespace) -> Result:
 
 
 def cmd_journal(args: argparse.Namespace) -> Result:
-    site = _site(args, readonly=True)
-    rows = site.state.journal(args.limit)
-    data = [
-        {
-            "id": j.id,
-            "operation": j.operation,
-            "args": j.args,
-            "started": j.started,
-            "ended": j.ended,
-            "status": j.status,
-            "message": j.message,
-            "steps": [
-                {"at": at, "step": step, "status": status}
-                for at, step, status in site.state.journal_steps(j.id)
-            ],
-        }
-        for j in rows
-    ]
+    data = journal.entries(_site(args, readonly=True), args.limit)
 
     def render(out: Console) -> None:
         journal_table = Table("id", "operation", "started", "status", "steps", "message")

@@ -64,6 +64,7 @@ class JournalRow:
     status: str  # running, ok, failed, interrupted (its process died)
     message: str | None
     plan: list[str]
+    pid: int | None = None  # the process that ran it (a job's command, for the API)
 
 
 @dataclass(frozen=True)

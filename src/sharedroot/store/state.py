@@ -439,6 +439,7 @@ class State(Database):
             status,
             message,
             plan,
+            r.whole("pid", row[7], null=True),
         )
 
     def _interrupted_at(self, op: int, plan: list[str]) -> str:

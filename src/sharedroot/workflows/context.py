@@ -74,7 +74,7 @@ def resolve_home(arg: str | None) -> Path:
 
 
 # What a store keeps in its home besides site.toml and state.db (and its -wal, -shm).
-STORE_ENTRIES = frozenset({SITE_FILE, "disks", "kept", "run", "ssh", "tmp", "work"})
+STORE_ENTRIES = frozenset({SITE_FILE, "disks", "kept", "run", "server", "ssh", "tmp", "work"})
 
 
 class Site:
