@@ -103,7 +103,8 @@ def guest_view(site: Site, server: ServerStore, name: str) -> dict[str, Any]:
         if j.kind == "verify" and name in j.targets
     ][:20]
     return rows[0] | {
-        "parm": parse_parm(text) if text is not None else None,
+        # the file as written, and its values as findself reads them (keys lower-cased)
+        "parm": None if text is None else {"text": text, "values": parse_parm(text)},
         "console": console_tail(site, name),
         "verify_history": verify,
     }
