@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Path as FastPath
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from sharedroot.api import jobs as joblib
@@ -42,6 +43,7 @@ SETTLE_EVERY = 1.0  # seconds between two looks for runners that died
 EVENT_POLL = 0.2  # seconds between two looks for a job's new events
 KEEPALIVE = 15.0  # seconds between two SSE comments while a job is quiet
 Options = Annotated[dict[str, Any] | None, Body(description="the command's own options")]
+JobId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="a job's number")]
 
 
 def create_app(home: Path) -> FastAPI:
@@ -199,21 +201,21 @@ def create_app(home: Path) -> FastAPI:
         return row
 
     @app.get(f"{API}/jobs/{{job}}", tags=["jobs"])
-    def get_job(job: int, who: Viewer, store: Store, site: SiteDep) -> dict[str, Any]:
+    def get_job(job: JobId, who: Viewer, store: Store, site: SiteDep) -> dict[str, Any]:
         return joblib.view(one_job(store, job), site)
 
     @app.get(f"{API}/jobs/{{job}}/log", tags=["jobs"], response_class=PlainTextResponse)
-    def get_job_log(job: int, who: Viewer, store: Store) -> str:
+    def get_job_log(job: JobId, who: Viewer, store: Store) -> str:
         one_job(store, job)
         path = store.log_path(job)
         return path.read_text(errors="replace") if path.exists() else ""
 
     @app.post(f"{API}/jobs/{{job}}/cancel", tags=["jobs"])
-    def cancel_job(job: int, who: Operator, store: Store) -> dict[str, Any]:
+    def cancel_job(job: JobId, who: Operator, store: Store) -> dict[str, Any]:
         return joblib.view(joblib.cancel(store, job))
 
     @app.get(f"{API}/jobs/{{job}}/events", tags=["jobs"])
-    def job_events(job: int, request: Request, who: Viewer, store: Store) -> StreamingResponse:
+    def job_events(job: JobId, request: Request, who: Viewer, store: Store) -> StreamingResponse:
         one_job(store, job)
         last = request.headers.get("last-event-id", "0")
         after = int(last) if last.isdecimal() else 0
