@@ -67,13 +67,13 @@ def _drive(home: Path, store: RolloutStore, rollout: int) -> None:
                 f" {row.max_failures}; retry takes the failed ones up again",
             )
             return
-        if not wave:
+        if not wave:  # succeeded: every clone passed; within max failures it went on
             store.move(
                 rollout,
                 [RolloutState.RUNNING],
-                RolloutState.SUCCEEDED,
+                RolloutState.FAILED if failed else RolloutState.SUCCEEDED,
                 f"{len(failed)} clone(s) failed ({', '.join(failed)}), within max failures"
-                f" {row.max_failures}"
+                f" {row.max_failures}: the others went on"
                 if failed
                 else None,
             )

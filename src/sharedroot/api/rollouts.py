@@ -176,7 +176,7 @@ def retry(home: Path, store: RolloutStore, rollout: int) -> RolloutRow:
     again = store.requeue(rollout, [CloneState.FAILED], None)
     if not again:
         raise RefusedError(f"rollout {rollout}: no failed clone to retry")
-    if store.move(rollout, [RolloutState.FAILED, RolloutState.SUCCEEDED], RolloutState.PENDING):
+    if store.move(rollout, [RolloutState.FAILED], RolloutState.PENDING):
         store.set_flag(rollout, "abort", False)  # an abort that came too late to count
         spawn(home, store, rollout)
     return one(store, rollout)
