@@ -25,7 +25,7 @@ import pytest
 from conftest import SHAREDROOT, BootSite, Ran
 from sharedroot.api import rollouts as ro
 from sharedroot.api.rollout_runner import run_rollout
-from sharedroot.model.rollout import CloneState, next_wave, plan, state_of_step
+from sharedroot.model.rollout import CloneState, RolloutState, next_wave, plan, state_of_step
 from sharedroot.store.rollouts import RolloutStore
 from sharedroot.store.serverdb import ServerStore
 
@@ -217,7 +217,7 @@ def test_a_rollout_whose_process_died_ends_failed(fleet: Path) -> None:
     store = RolloutStore(fleet)
     try:
         rid = store.add_rollout(["LNX1", "LNX2"], 1, 1, False, 0, {"clones": ["x"]}, "t")
-        assert store.move(rid, [ro.RolloutState.PENDING], ro.RolloutState.RUNNING)
+        assert store.move(rid, [RolloutState.PENDING], RolloutState.RUNNING)
         gone = subprocess.Popen(["true"])
         gone.wait()
         store.set_runner(rid, gone.pid, "1")
@@ -328,17 +328,18 @@ def test_the_api(server: tuple[str, dict[str, str]], fleet: Path) -> None:
 
 @pytest.fixture(scope="module")
 def two_clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    """Two read-only clones running on gold slot 1; slot 2 holds the same gold."""
+    """Two read-only clones running on gold slot 1; slot 2 holds the same gold, promoted
+    after them."""
     s = BootSite.installed(tmp_path_factory, "rollout")
     s.run("mnt2gold", "--yes")
     s.run("mnt2rogld", "--yes")
     s.run("ro2gold", "--slot", "1", "--yes")
-    s.run("ro2gold", "--slot", "2", "--yes")
     for n, g in enumerate(("LNX241", "LNX242"), start=41):
         s.run("define", g, "--ro", "--hostname", g.lower(), "--ip", f"10.0.2.{n}",
               "--gateway", "10.0.2.2")  # fmt: skip
-    s.run("clonero", "LNX241", "LNX242", "--yes")
+    s.run("clonero", "LNX241", "LNX242", "--yes")  # they link slot 1, the current one
     s.start("LNX241", "LNX242")
+    s.run("ro2gold", "--slot", "2", "--yes")  # nobody links slot 2: allowed meanwhile
     yield s
     for g in ("LNX241", "LNX242"):
         s.run("stop", g, "--timeout", "30", check=False)
@@ -352,7 +353,7 @@ def test_two_running_clones_pause_after_the_canary(two_clones: BootSite) -> None
                 "--pause-after-each-wave")  # fmt: skip
     view = until(home, rid, "paused", within=1800)
     assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("pending", None, None)}
-    assert two_clones.state("LNX241") == "logged on"
+    assert two_clones.state("LNX241") == "logged_on"
     log = Path(view["clones"][0]["log"]).read_text()
     assert "> wave 1: stopping LNX241" in log and "> wave 1: starting LNX241" in log
     assert "> sharedroot verify LNX241" in log and log.endswith("> ok\n")
