@@ -31,6 +31,7 @@ from sharedroot.api.auth import (
     require,
     session_cookie,
 )
+from sharedroot.api.rollout_routes import rollout_router
 from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError, RefusedError, SharedrootError
 from sharedroot.model.access import TOKEN_RULE, ApiRole, JobStatus
@@ -114,6 +115,7 @@ def create_app(home: Path) -> FastAPI:
         require(who, ApiRole.ADMIN)
         return who
 
+    app.include_router(rollout_router(home, caller))
     Viewer = Annotated[Principal, Depends(caller)]
     Operator = Annotated[Principal, Depends(operator)]
     Admin = Annotated[Principal, Depends(admin)]

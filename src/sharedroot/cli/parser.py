@@ -23,6 +23,7 @@ from sharedroot.cli.grammar import (
     writer_flags,
 )
 from sharedroot.cli.parser_guests import add_guest_commands
+from sharedroot.cli.parser_rollout import add_rollout_commands
 from sharedroot.cli.parser_server import add_server_commands
 from sharedroot.model.layout import ADDRESS_HELP
 from sharedroot.model.types import Distro, Initramfs, Network
@@ -210,6 +211,7 @@ def build_parser() -> ArgumentParser:
 
     add_guest_commands(add)
     add_server_commands(add)
+    add_rollout_commands(add)
 
     for name, fn, help, aliases in (
         (

@@ -64,6 +64,41 @@ CREATE TABLE events (
     PRIMARY KEY (job, seq)
 )
 """
+# Rollouts (store/rollouts.py): made where missing, so a server.db of an earlier
+# sharedroot gains them without a new schema version.
+ROLLOUT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY,
+    slot INTEGER NOT NULL,
+    wave_size INTEGER NOT NULL,
+    pause_each INTEGER NOT NULL,
+    max_failures INTEGER NOT NULL,
+    selection TEXT NOT NULL,
+    user TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    started TEXT,
+    ended TEXT,
+    runner INTEGER,
+    runner_start TEXT,
+    wave INTEGER NOT NULL DEFAULT 0,
+    pause INTEGER NOT NULL DEFAULT 0,
+    abort INTEGER NOT NULL DEFAULT 0,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS rollout_clones (
+    rollout INTEGER NOT NULL REFERENCES rollouts(id),
+    clone TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    wave INTEGER,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started TEXT,
+    ended TEXT,
+    message TEXT,
+    PRIMARY KEY (rollout, clone)
+)
+"""
 
 
 def digest(secret: str) -> str:
@@ -133,6 +168,12 @@ class ServerStore:
                     self.db.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
+            if not self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name='rollout_clones'"
+            ).fetchone():
+                with self.transaction():
+                    for statement in ROLLOUT_SCHEMA.split(";"):
+                        self.db.execute(statement)
             got = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: damaged or not sharedroot's ({exc})") from None
