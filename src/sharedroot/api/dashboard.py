@@ -8,8 +8,9 @@ no way to change anything that the API would refuse.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations.
 
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -21,6 +22,7 @@ from sharedroot.api import jobs as joblib
 from sharedroot.api.actions import GuestAction
 from sharedroot.api.auth import Principal, principal, require
 from sharedroot.api.views import guest_rows, guest_view, pipeline_view, site_view, slots_view
+from sharedroot.errors import InputError
 from sharedroot.model.access import ApiRole, JobStatus
 from sharedroot.model.types import GuestState, Role
 from sharedroot.store.serverdb import ServerStore
@@ -30,6 +32,7 @@ from sharedroot.workflows.context import Site
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 JOBS_SHOWN = 200
+E = TypeVar("E", bound=StrEnum)
 BULK_ACTIONS = (GuestAction.START, GuestAction.STOP, GuestAction.VERIFY)
 
 
@@ -104,20 +107,27 @@ def dashboard(
         request: Request,
         who: Who,
         site: SiteDep,
-        role: Role | None = None,
-        state: GuestState | None = None,
-        slot: int | None = None,
+        role: str = "",
+        state: str = "",
+        slot: str = "",
         q: str = "",
     ) -> Response:
+        # a filter form sends its "any" choices as empty values
+        chosen = {
+            "role": choice(Role, role),
+            "state": choice(GuestState, state),
+            "slot": int(slot) if slot.isdecimal() else None,
+            "q": q,
+        }
         rows = guest_rows(site)
         total = len(rows)
         text = q.strip().upper()
         rows = [
             g
             for g in rows
-            if (role is None or g["role"] == role.value)
-            and (state is None or g["state"] == state.value)
-            and (slot is None or g["slot"] == slot)
+            if chosen["role"] in (None, g["role"])
+            and chosen["state"] in (None, g["state"])
+            and chosen["slot"] in (None, g["slot"])
             and (not text or text in g["name"])
         ]
         return page(
@@ -129,7 +139,7 @@ def dashboard(
             roles=list(Role),
             states=[GuestState.LOGGED_ON, GuestState.LOGGED_OFF],
             slots=site.config.gold_slots,
-            chosen={"role": role, "state": state, "slot": slot, "q": q},
+            chosen=chosen,
             actions=BULK_ACTIONS,
         )
 
@@ -150,9 +160,10 @@ def dashboard(
         )
 
     @router.get("/jobs")
-    def jobs(request: Request, who: Who, store: Store, status: JobStatus | None = None) -> Response:
-        rows = [joblib.view(j) for j in store.jobs(JOBS_SHOWN, status)]
-        return page(request, who, "jobs.html", jobs=rows, statuses=list(JobStatus), chosen=status)
+    def jobs(request: Request, who: Who, store: Store, status: str = "") -> Response:
+        chosen = choice(JobStatus, status)
+        rows = [joblib.view(j) for j in store.jobs(JOBS_SHOWN, chosen)]
+        return page(request, who, "jobs.html", jobs=rows, statuses=list(JobStatus), chosen=chosen)
 
     @router.get("/jobs/{job}")
     def job(job: int, request: Request, who: Who, store: Store, site: SiteDep) -> Response:
@@ -169,6 +180,17 @@ def dashboard(
         )
 
     return router
+
+
+def choice(kind: type[E], value: str) -> E | None:
+    """A filter's choice: empty is any; an unknown value is refused (400)."""
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in kind)
+        raise InputError(f"{value!r}: not one of {known}") from None
 
 
 def wants_page(request: Request) -> bool:

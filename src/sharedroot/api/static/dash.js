@@ -80,12 +80,11 @@ document.addEventListener("htmx:afterRequest", (ev) => {
 // Guest list: one API request per ticked guest, each with its own checkbox as source
 // (htmx drops a second request from an element whose first is still under way).
 function bulkActions() {
-  const all = document.getElementById("all");
-  if (all) {
-    all.addEventListener("change", () => {
-      for (const box of document.querySelectorAll("input.pick")) box.checked = all.checked;
-    });
-  }
+  // delegated: the filters swap the table (and its "all" box) for a new one
+  document.addEventListener("change", (ev) => {
+    if (ev.target.id !== "all") return;
+    for (const box of document.querySelectorAll("input.pick")) box.checked = ev.target.checked;
+  });
   for (const button of document.querySelectorAll("[data-bulk]")) {
     button.addEventListener("click", () => {
       const picked = [...document.querySelectorAll("input.pick:checked")];
