@@ -263,13 +263,18 @@ def test_a_viewer_sees_no_action_buttons(browser: webdriver.Chrome, server: Serv
     sign_in(browser, server, server.tokens[ApiRole.VIEWER])
     assert browser.find_elements(By.CSS_SELECTOR, "button.op") == []
     assert texts(browser, "span.op")  # the pipeline's arrows, named but not buttons
-    for page in ("/guests", "/guests/LNX001", "/jobs/1"):
+    for page in ("/guests", "/guests/LNX001", "/slots", "/jobs"):
         browser.get(server.url + page)
         actions = browser.find_elements(By.CSS_SELECTOR, "input.pick, [data-bulk], [hx-post]")
         assert [a.get_attribute("hx-post") for a in actions] == ["/logout"], page
     assert "Tokens" not in browser.find_element(By.TAG_NAME, "nav").text
     browser.get(server.url + "/tokens")
     assert "admin token is needed" in browser.page_source
+    browser.get(server.url + "/")
+    browser.find_element(By.XPATH, "//button[.='sign out']").click()
+    wait_for(browser, lambda d: "/login" in d.current_url, "signed out")
+    browser.get(server.url + "/guests")
+    assert "/login" in browser.current_url
 
 
 def test_a_bad_token_is_refused(browser: webdriver.Chrome, server: Server) -> None:
