@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 
 from sharedroot.api import jobs as joblib
 from sharedroot.api.actions import Command, GuestAction, PipelineOp, command
@@ -31,6 +32,7 @@ from sharedroot.api.auth import (
     require,
     session_cookie,
 )
+from sharedroot.api.dashboard import STATIC, dashboard, login_redirect, wants_page
 from sharedroot.api.rollout_routes import rollout_router
 from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError, RefusedError, SharedrootError
@@ -247,13 +249,23 @@ def create_app(home: Path) -> FastAPI:
         return Response(status_code=204)
 
     @app.post("/login", tags=["session"])
-    def login(request: Request, store: Store, token: Annotated[str, Form()]) -> Response:
-        """Sign a browser in with an API token: a signed session cookie, and its CSRF value."""
+    def login(
+        request: Request,
+        store: Store,
+        token: Annotated[str, Form()],
+        next: Annotated[str, Form()] = "/",
+    ) -> Response:
+        """Sign a browser in with an API token: a signed session cookie, and its CSRF value
+        (a browser's own form is sent on to the page `next` instead)."""
         row = store.token(token.strip()) if re.fullmatch(TOKEN_RULE, token.strip()) else None
         if row is None:
+            if wants_page(request):
+                return login_redirect(False, next)
             raise HTTPException(401, "unknown or revoked token")
         cookie, csrf = session_cookie(key, row.name)
-        answer = JSONResponse({"name": row.name, "role": row.role.value, "csrf": csrf})
+        answer: Response = JSONResponse({"name": row.name, "role": row.role.value, "csrf": csrf})
+        if wants_page(request):
+            answer = login_redirect(True, next)
         answer.set_cookie(
             COOKIE,
             cookie,
@@ -274,6 +286,8 @@ def create_app(home: Path) -> FastAPI:
     def whoami(who: Viewer) -> dict[str, Any]:
         return {"name": who.name, "role": who.role.value, "session": who.csrf is not None}
 
+    app.include_router(dashboard(key, store_dep, site_dep))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 

@@ -116,3 +116,14 @@ def console_tail(site: Site, name: str) -> str:
     except (RefusedError, OSError):
         return ""
     return data[-CONSOLE_TAIL:].decode(errors="replace")
+
+
+def guest_rows(site: Site) -> list[dict[str, Any]]:
+    """The `guests` rows, each with the gold holder it links and that holder's slot."""
+    facts = report.linked(site)
+    holder_of = {c["name"]: h for h in facts["holders"] for c in h["clones"]}
+    out = []
+    for g in report.guests(site):
+        h = holder_of.get(g["name"])
+        out.append(g | {"holder": h["holder"] if h else None, "slot": h["slot"] if h else None})
+    return out
