@@ -140,7 +140,8 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _number(value: float) -> str:
+def _number(number: float) -> str:
+    value = float(number)  # an int is a float to the type checker, not to is_integer()
     if value != value:  # NaN
         return "NaN"
     if value in (float("inf"), float("-inf")):
