@@ -231,6 +231,12 @@ def test_identity_of_a_clone_defined_before_it_was_recorded(
     assert rows["LNX2"]["identity"] is None
 
 
+def test_a_guest_without_a_parm_file_is_recorded_so(site: Site, cli: Callable[..., Ran]) -> None:
+    assert cli("define", RW, "--rw").code == 0
+    assert site.state.facts("identity:") == {f"identity:{RW}": "null"}  # no journal to read
+    assert {g["name"]: g for g in _json(cli("guests", "--json"))}[RW]["identity"] is None
+
+
 def test_a_damaged_verify_fact_is_a_store_error(site: Site, cli: Callable[..., Ran]) -> None:
     assert cli("define", WEB, "--ro").code == 0
     site.state.close()

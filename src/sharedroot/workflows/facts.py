@@ -67,10 +67,8 @@ def seconds(when: str) -> float:
 # identity -------------------------------------------------------------------------------
 def record_identity(state: State, guest: str, identity: Identity | None) -> None:
     """Inside the caller's transaction (define's, with the guest's definition)."""
-    if identity is None:
-        state.forget_fact(IDENTITY + guest)
-        return
-    value = {"hostname": identity.hostname.lower(), "ip": identity.ip}
+    # null for none: a guest defined without a parm file is no guest of an older store
+    value = None if identity is None else {"hostname": identity.hostname.lower(), "ip": identity.ip}
     state.set_fact(IDENTITY + guest, json.dumps(value, sort_keys=True))
 
 
@@ -89,19 +87,22 @@ def addresses(site: Site) -> dict[str, Address]:
     Clones defined before define recorded it are found in define's journal entries
     (read only when such a clone exists).
     """
-    found = {
+    recorded = {
         key.removeprefix(IDENTITY): _address(key, value)
         for key, value in site.state.facts(IDENTITY).items()
     }
+    found = {guest: address for guest, address in recorded.items() if address is not None}
     clones = {g.name for g in site.state.guests() if g.role in (Role.RO_CLONE, Role.RW_CLONE)}
-    if clones - found.keys():
-        found = _from_journal(site, clones - found.keys()) | found
+    if clones - recorded.keys():
+        found = _from_journal(site, clones - recorded.keys()) | found
     return found
 
 
-def _address(key: str, value: str) -> Address:
+def _address(key: str, value: str) -> Address | None:
     try:
         data = json.loads(value)
+        if data is None:
+            return None
         if not isinstance(data, dict) or set(data) != {"hostname", "ip"}:
             raise InputError("not an object of hostname and ip")
         return Address(check_hostname(data["hostname"]), check_ipv4(data["ip"], "ip"))
