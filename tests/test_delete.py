@@ -101,7 +101,8 @@ def test_delete_a_read_only_clone_removes_all_it_owned(
     assert not (home / "disks" / "LNX227").exists()
     assert site.hv.get_parm("LNX227") is None
     assert site.state.incomplete() == {}
-    assert site.state.facts("") == {}
+    assert [k for k in site.state.facts("") if k.endswith(":LNX227")] == []  # its facts too
+    assert "identity:LNX226" in site.state.facts("")  # another guest's stay
     # Nothing else changed: the gold, the other clones, the pipeline's disks.
     after = tree_hashes(home / "disks")
     after.pop("CMSCLONE/0192.img")

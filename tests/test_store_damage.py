@@ -688,6 +688,8 @@ READ_ONLY_READERS = [
     ["linked", "--json"],
     ["journal"],
     ["journal", "--json"],
+    ["inventory", "--list"],
+    ["metrics"],
 ]
 
 

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from sharedroot.cli import commands as c
 from sharedroot.cli.argtypes import guest, guests_or_file, whole
+from sharedroot.cli.exports import add_export_commands
 from sharedroot.cli.grammar import (
     EPILOG,
     ArgumentParser,
@@ -71,6 +72,8 @@ the pipeline (the paper's EXECs and scripts in brackets):
   generations       ro2gold's history: one generation per ro2gold into a slot
   prune             forget generations no slot holds any more
   delete            remove a clone: parm file, disks, links (the directory's PURGE)
+  inventory         the guests as an Ansible dynamic inventory (--list, --host GUEST)
+  metrics           the fleet as Prometheus metrics (node-exporter's textfile collector)
 
 Each clone finds its identity on first boot (boot.findself) in its parm file
 (PARM-S10: Hostname=, HostIP=, ...) on the admin disk CMSCLONE 192.
@@ -212,6 +215,7 @@ def build_parser() -> ArgumentParser:
     add_guest_commands(add)
     add_server_commands(add)
     add_rollout_commands(add)
+    add_export_commands(add)
 
     for name, fn, help, aliases in (
         (

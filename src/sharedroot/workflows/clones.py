@@ -8,7 +8,7 @@ from dataclasses import replace
 from sharedroot.errors import RefusedError
 from sharedroot.model.layout import gold_ro_address, gold_rw_address
 from sharedroot.model.types import Role
-from sharedroot.workflows import guards
+from sharedroot.workflows import facts, guards
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 from sharedroot.workflows.pipeline import Pairs, copy_guards, copy_guest, copy_steps
 from sharedroot.workflows.relink import profile, recover, relink_to
@@ -87,7 +87,7 @@ def _steps(site: Site, ui: UI, opts: Options, slot: int, guest: str, pairs: Pair
 
     def relink() -> dict[str, object]:
         with site.state.transaction():
-            site.state.forget_facts(guest)  # a new clone: a new machine-id to learn
+            facts.forget_learnt(site.state, guest)  # a new machine-id to learn
         relink_to(site, guest, slot)
         return {"guest": guest, "slot": slot, "holder": holder}
 

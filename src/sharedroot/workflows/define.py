@@ -20,6 +20,7 @@ from sharedroot.model.fleetfile import Definition
 from sharedroot.model.layout import ADMIN_LINK_ADDRESS, ADMIN_OWN_ADDRESS
 from sharedroot.model.parm import Identity, format_parm
 from sharedroot.model.types import GuestState, Mode, Role
+from sharedroot.workflows import facts
 from sharedroot.workflows.context import UI, Options, Outcome, Site, Step, perform
 from sharedroot.workflows.guest import site_host
 
@@ -36,6 +37,7 @@ def _undo(site: Site, guests: Sequence[str]) -> None:
             site.hv.delete_guest(guest)  # its disks and links with it
     with site.state.transaction():
         for guest in guests:
+            site.state.forget_facts(guest)  # the identity its create step recorded
             site.state.mark_complete(guest)
 
 
@@ -117,6 +119,7 @@ def _create_step(site: Site, ui: UI, d: Definition, redo: bool, host: str | None
             for disk in disks:
                 site.hv.add_disk(guest, disk.address, disk.kind, disk.size, disk.fs, blank=blank)
             site.hv.link(guest, ADMIN_LINK_ADDRESS, admin, ADMIN_OWN_ADDRESS, Mode.RR)
+            facts.record_identity(site.state, guest, d.identity)  # reports read it, not the disk
 
     identity = f" as {d.identity.hostname} {d.identity.ip}" if d.identity else ""
     identity += f" on {host}" if host else ""

@@ -8,6 +8,7 @@ from typing import Any
 from sharedroot.model.layout import ADMIN_LINK_ADDRESS, gold_ro_address
 from sharedroot.model.types import GuestState, Role
 from sharedroot.store.rows import LinkRow
+from sharedroot.workflows import facts
 from sharedroot.workflows.context import Site
 from sharedroot.workflows.guards import rerun_hint
 
@@ -34,6 +35,8 @@ def _guests(site: Site) -> list[dict[str, Any]]:
             }
         )
     incomplete = site.state.incomplete()
+    found = facts.addresses(site)
+    verified = facts.verify_records(site.state)
     on = site.hv.logged_on()  # one QUERY NAMES, not one QUERY per guest
     hosts = site.hv.placement()  # empty where every guest runs on one system
     held = site.hv.memory(on) or {}
@@ -63,6 +66,10 @@ def _guests(site: Site) -> list[dict[str, Any]]:
                 # None when logged off, or when the backend has no view of it (z/VM)
                 "memory": asdict(held[g.name]) if g.name in held else None,
                 "cached": cached.get(g.name),
+                # its parm file's Hostname= and HostIP=, as define wrote them
+                "identity": asdict(found[g.name]) if g.name in found else None,
+                # its last verify, and when one last passed; None if never verified
+                "verify": verified[g.name].as_dict() if g.name in verified else None,
                 "incomplete": None
                 if half is None
                 else {

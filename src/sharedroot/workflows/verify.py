@@ -1,4 +1,8 @@
-"""VERIFY: boot a read-only clone and run the paper's §1.6.3 checks, and a few more."""
+"""VERIFY: boot a read-only clone and run the paper's §1.6.3 checks, and a few more.
+
+The outcome is remembered (facts.record_verify) for `guests --json`, inventories and
+metrics; the last verify that passed is kept beside the last one.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from sharedroot.guestos.platform import find
 from sharedroot.guestos.writable import LISTED
 from sharedroot.model.parm import identity_from_parm
 from sharedroot.model.types import GuestState
-from sharedroot.workflows import guards
+from sharedroot.workflows import facts, guards
 from sharedroot.workflows.context import UI, Options, Site
 from sharedroot.workflows.guest import start, wait_ready
 
@@ -142,4 +146,5 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
                 f"{words[0]}, DAX, flagged" if ok else f"device, dax, flags: {seen or '?'}",
             )
         )
+    facts.record_verify(site, guest, len(checks), [c.name for c in checks if not c.ok])
     return checks
