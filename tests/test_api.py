@@ -352,3 +352,19 @@ def test_token_cli_refuses_bad_input_and_shows_the_token_once(
     assert cli("token", "list", "robot").code == 2
     assert cli("token", "revoke", "robot").code == 0
     assert cli("--json", "token", "list").json() == []
+
+
+def test_metrics_and_inventory_for_a_viewer(server: Server, tokens: dict[str, str]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert server.call("GET", "/metrics").status == 401
+    got = server.call("GET", "/metrics", token=tokens["viewer"])
+    assert got.status == 200
+    assert got.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found = {f.name: f for f in text_string_to_metric_families(got.body.decode())}
+    assert [s.value for s in found["sharedroot_jobs_running"].samples] == [0.0]
+    up = {s.labels["guest"]: s.value for s in found["sharedroot_guest_up"].samples}
+    assert up["LNX227"] == 0.0
+    inv = server.call("GET", "/api/v1/inventory", token=tokens["viewer"]).json()
+    assert "LNX227" in inv["role_ro_clone"]["hosts"]
+    assert inv["_meta"]["hostvars"]["LNX227"]["ansible_host"] == "10.0.2.227"

@@ -38,7 +38,7 @@ from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_vie
 from sharedroot.errors import InputError, RefusedError, SharedrootError
 from sharedroot.model.access import TOKEN_RULE, ApiRole, JobStatus
 from sharedroot.store.serverdb import ServerStore
-from sharedroot.workflows import journal, report
+from sharedroot.workflows import inventory, journal, metrics, report
 from sharedroot.workflows.context import Site
 
 API = "/api/v1"
@@ -281,6 +281,20 @@ def create_app(home: Path) -> FastAPI:
         answer = Response(status_code=204)
         answer.delete_cookie(COOKIE)
         return answer
+
+    @app.get(f"{API}/inventory", tags=["integrations"])
+    def get_inventory(who: Viewer, site: SiteDep) -> JSONResponse:
+        """Ansible's dynamic inventory: groups by role, slot, state and verify result."""
+        return JSONResponse(inventory.site_inventory(site))
+
+    @app.get("/metrics", tags=["integrations"], response_class=PlainTextResponse)
+    def get_metrics(who: Viewer, site: SiteDep, store: Store) -> PlainTextResponse:
+        """Prometheus' text format (a scraper sends a viewer token as its bearer token)."""
+        running = metrics.Gauge(
+            "Jobs of sharedroot serve running now", store.count_jobs(JobStatus.RUNNING)
+        )
+        text = metrics.exposition(metrics.site_families(site, {"sharedroot_jobs_running": running}))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get(f"{API}/whoami", tags=["tokens"])
     def whoami(who: Viewer) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def _opts(args: argparse.Namespace) -> Options:
     )
 
 
-def _site(args: argparse.Namespace, readonly: bool = False) -> Site:
+def open_site(args: argparse.Namespace, readonly: bool = False) -> Site:
     """The store; commands that only read open it read-only, so they work on a store
     the user cannot write (and can never change it by accident)."""
     site = Site.open(resolve_home(args.home), readonly=readonly)
@@ -134,7 +134,7 @@ def cmd_doctor(args: argparse.Namespace) -> Result:
 
 
 def cmd_guests(args: argparse.Namespace) -> Result:
-    rows = report.guests(_site(args, readonly=True))
+    rows = report.guests(open_site(args, readonly=True))
 
     def cells(g: dict[str, Any]) -> list[str]:
         state = "logged on" if g["state"] == "logged_on" else "logged off"
@@ -160,7 +160,7 @@ def cmd_guests(args: argparse.Namespace) -> Result:
 
 
 def cmd_linked(args: argparse.Namespace) -> Result:
-    facts = report.linked(_site(args, readonly=True))
+    facts = report.linked(open_site(args, readonly=True))
 
     def render(out: Console) -> None:
         for line in report.linked_lines(facts):
@@ -207,19 +207,19 @@ def cmd_define(args: argparse.Namespace) -> Result:
             args.hostname, args.ip, args.netmask, args.gateway, args.nameserver, option="--"
         )
         batch = tuple(fleetfile.Definition(g, role, found) for g in args.guests)
-    site = _site(args)
+    site = open_site(args)
     return outcome(define.define_many(site, _ui(args), _opts(args), batch, host=args.host))
 
 
 def copy_command(fn: Callable[[Site, TerminalUI, Options], Outcome]) -> Handler:
     def handler(args: argparse.Namespace) -> Result:
-        return outcome(fn(_site(args), _ui(args), _opts(args)))
+        return outcome(fn(open_site(args), _ui(args), _opts(args)))
 
     return handler
 
 
 def cmd_clonerw(args: argparse.Namespace) -> Result:
-    return outcome(clones.clonerw(_site(args), _ui(args), _opts(args), args.guest))
+    return outcome(clones.clonerw(open_site(args), _ui(args), _opts(args), args.guest))
 
 
 def cmd_install(args: argparse.Namespace) -> Result:
@@ -227,7 +227,7 @@ def cmd_install(args: argparse.Namespace) -> Result:
     image = Path(args.from_image) if args.from_image is not None else None
     return outcome(
         install.install(
-            _site(args),
+            open_site(args),
             _ui(args),
             _opts(args),
             Distro(args.distro) if args.distro else None,
@@ -247,24 +247,24 @@ def cmd_cloneprep(args: argparse.Namespace) -> Result:
     names = (
         [n.strip() for n in args.operations.split(",") if n.strip()] if args.operations else None
     )
-    return outcome(cloneprep.cloneprep(_site(args), _ui(args), _opts(args), names))
+    return outcome(cloneprep.cloneprep(open_site(args), _ui(args), _opts(args), names))
 
 
 def cmd_start(args: argparse.Namespace) -> Result:
     done = guest_ops.start(
-        _site(args), _ui(args), _opts(args), args.guest, wait=args.wait, timeout=args.timeout
+        open_site(args), _ui(args), _opts(args), args.guest, wait=args.wait, timeout=args.timeout
     )
     return outcome(done)
 
 
 def cmd_stop(args: argparse.Namespace) -> Result:
     return outcome(
-        guest_ops.stop(_site(args), _ui(args), _opts(args), args.guest, timeout=args.timeout)
+        guest_ops.stop(open_site(args), _ui(args), _opts(args), args.guest, timeout=args.timeout)
     )
 
 
 def cmd_move(args: argparse.Namespace) -> Result:
-    site, guest, host = _site(args), args.guest, args.to_host
+    site, guest, host = open_site(args), args.guest, args.to_host
     return outcome(guest_ops.move(site, _ui(args), _opts(args), guest, host, timeout=args.timeout))
 
 
@@ -273,7 +273,7 @@ def cmd_exec(args: argparse.Namespace) -> Result:
     argv = list(args.argv)  # the words after `--`, split off by the parser
     if not argv:
         raise InputError("exec: give the command after the guest, e.g. exec LNX226 -- hostname")
-    code, stdout, stderr = guest_ops.execute(_site(args), guest, argv, args.timeout)
+    code, stdout, stderr = guest_ops.execute(open_site(args), guest, argv, args.timeout)
     data = {
         "guest": guest,
         "argv": argv,
@@ -293,7 +293,7 @@ def cmd_exec(args: argparse.Namespace) -> Result:
 
 def cmd_console(args: argparse.Namespace) -> Result:
     guest = args.guest
-    site = _site(args, readonly=True)
+    site = open_site(args, readonly=True)
     stream = guest_ops.console(site, guest, follow=args.follow)
     text = next(stream)  # all of it so far: refused here, before any output, if there is none
     tail = b"\n".join(text.splitlines()[-args.lines :]) + b"\n" if args.lines else text
@@ -309,12 +309,12 @@ def cmd_console(args: argparse.Namespace) -> Result:
 
 
 def cmd_mnt2rogld(args: argparse.Namespace) -> Result:
-    return outcome(pipeline.mnt2rogld(_site(args), _ui(args), _opts(args)))
+    return outcome(pipeline.mnt2rogld(open_site(args), _ui(args), _opts(args)))
 
 
 def cmd_ro2gold(args: argparse.Namespace) -> Result:
     slot = 2 if args.command == "ro2gold2" and args.slot is None else args.slot
-    return outcome(pipeline.ro2gold(_site(args), _ui(args), _opts(args), slot))
+    return outcome(pipeline.ro2gold(open_site(args), _ui(args), _opts(args), slot))
 
 
 def cmd_clonero(args: argparse.Namespace) -> Result:
@@ -323,12 +323,12 @@ def cmd_clonero(args: argparse.Namespace) -> Result:
         guests = fleetfile.guests_of(_guest_file(args.from_file), Role.RO_CLONE)
         if not guests:
             raise InputError(f"--from {args.from_file}: no read-only (ro) guests in it")
-    return outcome(clones.clonero_many(_site(args), _ui(args), _opts(args), guests))
+    return outcome(clones.clonero_many(open_site(args), _ui(args), _opts(args), guests))
 
 
 def cmd_verify(args: argparse.Namespace) -> Result:
     guest = args.guest
-    checks = verify.verify(_site(args), _ui(args), _opts(args), guest, args.timeout)
+    checks = verify.verify(open_site(args), _ui(args), _opts(args), guest, args.timeout)
     failed = [c for c in checks if not c.ok]
     data = {
         "guest": guest,
@@ -348,7 +348,7 @@ def cmd_verify(args: argparse.Namespace) -> Result:
 
 def cmd_migrate(args: argparse.Namespace) -> Result:
     done = migrate.migrate(
-        _site(args),
+        open_site(args),
         _ui(args),
         _opts(args),
         list(args.guests),
@@ -361,7 +361,7 @@ def cmd_migrate(args: argparse.Namespace) -> Result:
 
 
 def cmd_journal(args: argparse.Namespace) -> Result:
-    data = journal.entries(_site(args, readonly=True), args.limit)
+    data = journal.entries(open_site(args, readonly=True), args.limit)
 
     def render(out: Console) -> None:
         journal_table = Table("id", "operation", "started", "status", "steps", "message")
@@ -381,13 +381,13 @@ def cmd_journal(args: argparse.Namespace) -> Result:
 
 def cmd_delete(args: argparse.Namespace) -> Result:
     done = delete.delete(
-        _site(args), _ui(args), _opts(args), args.guest, keep_disks=args.keep_disks
+        open_site(args), _ui(args), _opts(args), args.guest, keep_disks=args.keep_disks
     )
     return outcome(done)
 
 
 def cmd_generations(args: argparse.Namespace) -> Result:
-    facts = generations.generations(_site(args, readonly=True))
+    facts = generations.generations(open_site(args, readonly=True))
 
     def render(out: Console) -> None:
         if not facts["generations"]:
@@ -412,4 +412,4 @@ def cmd_generations(args: argparse.Namespace) -> Result:
 
 
 def cmd_prune(args: argparse.Namespace) -> Result:
-    return outcome(generations.prune(_site(args), _ui(args), _opts(args)))
+    return outcome(generations.prune(open_site(args), _ui(args), _opts(args)))

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sharedroot.cli.argtypes import guest
-from sharedroot.cli.commands import _site
+from sharedroot.cli.commands import open_site
 from sharedroot.cli.grammar import Add
 from sharedroot.cli.render import Result
 from sharedroot.errors import InputError
@@ -21,7 +21,7 @@ from sharedroot.workflows import inventory, metrics
 
 
 def cmd_inventory(args: argparse.Namespace) -> Result:
-    site = _site(args, readonly=True)
+    site = open_site(args, readonly=True)
     if args.host is not None:
         data = inventory.site_host_vars(site, args.host)
     else:
@@ -34,7 +34,7 @@ def cmd_inventory(args: argparse.Namespace) -> Result:
 
 
 def cmd_metrics(args: argparse.Namespace) -> Result:
-    site = _site(args, readonly=True)
+    site = open_site(args, readonly=True)
     found = metrics.site_families(site)
     text = metrics.exposition(found)
     if args.output is not None:
