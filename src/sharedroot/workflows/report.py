@@ -25,7 +25,8 @@ def _guests(site: Site) -> list[dict[str, Any]]:
             {"address": d.address, "kind": d.kind.value, "fs": d.fs, "size": d.size}
         )
     links: dict[str, list[dict[str, Any]]] = {}
-    for lk in site.state.links():
+    every_link = site.state.links()
+    for lk in every_link:
         links.setdefault(lk.guest, []).append(
             {
                 "address": lk.address,
@@ -42,7 +43,7 @@ def _guests(site: Site) -> list[dict[str, Any]]:
     held = site.hv.memory(on) or {}
     # Linked disks (the gold's, the admin disk) are in the host's page cache once for
     # all their users: counted once, on their owner's row.
-    shared = sorted({(lk.owner, lk.owner_address) for lk in site.state.links()})
+    shared = sorted({(lk.owner, lk.owner_address) for lk in every_link})
     cached: dict[str, int] = {}
     for (owner, _), size in (site.hv.cached(shared) or {}).items():
         cached[owner] = cached.get(owner, 0) + size
