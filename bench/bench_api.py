@@ -6,7 +6,10 @@
 - Events of a job: for each step and progress event of `mnt2tst` jobs, the time from
   the moment the job's command wrote it to its arrival at an SSE client; goal <= 1 s.
 
-Usage: python bench/bench_api.py [--runs N] [--jobs N]
+- The dashboard's guest list (1000 rows) in headless Chromium: first contentful paint
+  and load, after a first visit; goal: first paint <= 1 s.
+
+Usage: python bench/bench_api.py [--runs N] [--jobs N] [--paints N]
 """
 
 from __future__ import annotations
@@ -84,10 +87,44 @@ def event_delays(base: str, secret: str, jobs: int) -> list[float]:
     return delays
 
 
+def paints(base: str, secret: str, runs: int) -> list[tuple[float, float]]:
+    """(first contentful paint, load event) in seconds, per visit of /guests."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    os.environ["SE_OFFLINE"] = "true"  # Debian's driver, named: nothing is downloaded
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.get(base + "/login")
+        driver.find_element(By.ID, "token").send_keys(secret)
+        driver.find_element(By.ID, "sign-in").click()
+        driver.get(base + "/guests")  # the first: caches, templates
+        found = []
+        for _ in range(runs):
+            driver.get(base + "/guests")
+            fcp = driver.execute_script(
+                "return performance.getEntriesByName('first-contentful-paint')[0].startTime"
+            )
+            load = driver.execute_script(
+                "const n = performance.getEntriesByType('navigation')[0];"
+                " return n.loadEventEnd - n.startTime"
+            )
+            found.append((fcp / 1000, load / 1000))
+        return found
+    finally:
+        driver.quit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=5)
+    ap.add_argument("--paints", type=int, default=5, help="visits of the guest list")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         home = Path(tmp) / "site"
@@ -133,6 +170,13 @@ def main() -> None:
             print(f"job events, {len(delays)} from {args.jobs} mnt2tst jobs: written -> received")
             mid, worst = statistics.median(delays) * 1000, max(delays) * 1000
             print(f"  median {mid:.0f} ms, max {worst:.0f} ms (goal <= 1 s)")
+            seen = paints(base, secret, args.paints)
+            fcp = statistics.median(p[0] for p in seen)
+            load = statistics.median(p[1] for p in seen)
+            print(f"dashboard /guests, 1000 rows, Chromium, median of {len(seen)} visits")
+            print(
+                f"  first paint {fcp * 1000:.0f} ms, load {load * 1000:.0f} ms (goal: paint <= 1 s)"
+            )
         finally:
             proc.terminate()
             proc.wait()
