@@ -11,23 +11,17 @@ rollout (or pauses it) in server.db and exits.
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sharedroot.cli.ui import EVENTS_FD
+from sharedroot.api.clichild import last_error_line, run_cli
 from sharedroot.errors import SharedrootError
 from sharedroot.model.rollout import CloneState, RolloutState, next_wave, state_of_step
 from sharedroot.model.types import GuestState
-from sharedroot.run import start
 from sharedroot.store.rollouts import RolloutRow, RolloutStore
 from sharedroot.workflows.context import Site
-
-POLL = 0.2  # seconds between two looks at a command that may have ended
 
 
 def run_rollout(home: Path, rollout: int) -> int:
@@ -154,54 +148,19 @@ def _first_state(home: Path, clone: str) -> CloneState:
 
 
 def _command(
-    home: Path, words: list[str], log: Any, out_path: Path, step: Callable[[str], None]
+    home: Path, words: list[str], log: IO[bytes], out_path: Path, step: Callable[[str], None]
 ) -> tuple[int, Any]:
     """Run `sharedroot --json WORDS`: its steps to `step` and the log, its stderr to the
     log; its exit code and its --json answer."""
     log.write(f"> sharedroot {' '.join(words)}\n".encode())
-    read_end, write_end = os.pipe()
-    with open(out_path, "wb") as out:
-        child = start(
-            [sys.executable, "-m", "sharedroot.cli.main", "--home", home, "--json", *words],
-            env=os.environ | {EVENTS_FD: str(write_end)},
-            stdout=out,
-            stderr=log,
-            pass_fds=[write_end],
-        )
-    os.close(write_end)
-    pending = b""
-    with os.fdopen(read_end, "rb", buffering=0) as events:
-        while True:
-            ready, _, _ = select.select([events], [], [], POLL)
-            chunk = os.read(events.fileno(), 65536) if ready else b""
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                text = _step_text(line)
-                if text is not None:
-                    log.write(f"> {text}\n".encode())
-                    step(text)
-            if ready and not chunk:  # every writer has closed its end
-                break
-            if not ready and child.poll() is not None:
-                break  # ended, yet a guest it started may still hold the pipe open
-    code = child.wait()
-    try:
-        result = json.loads(out_path.read_text()) if out_path.stat().st_size else None
-    except (ValueError, UnicodeDecodeError):
-        result = None
-    log.write(f"> exit code {code}\n".encode())
-    return code, result
 
+    def event(fields: dict[str, Any]) -> None:
+        if fields["kind"] == "step":
+            step(str(fields["text"]))
 
-def _step_text(line: bytes) -> str | None:
-    try:
-        fields = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict) or fields.get("kind") != "step":
-        return None
-    return str(fields.get("text"))
+    end = run_cli(home, ["--json", *words], log, out_path, event)
+    log.write(f"> exit code {end.code}\n".encode())
+    return end.code, end.result
 
 
 def _failure(what: str, result: Any, log_path: Path) -> str:
@@ -216,8 +175,7 @@ def _failure(what: str, result: Any, log_path: Path) -> str:
             return f"{what}: " + "; ".join(bad)
     if isinstance(result, dict) and isinstance(result.get("error"), str):
         return f"{what}: {result['error']}"
-    lines = [x for x in log_path.read_text(errors="replace").splitlines() if x[:2] != "> "]
-    return f"{what}: " + (lines[-1].removeprefix("sharedroot: ") if lines else "failed")
+    return f"{what}: " + (last_error_line(log_path) or "failed")
 
 
 def main() -> int:
