@@ -51,7 +51,6 @@ JobId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="a job's number"
 
 def create_app(home: Path) -> FastAPI:
     key = ServerStore(home).secret()
-    runners = joblib.Runners(home)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +62,7 @@ def create_app(home: Path) -> FastAPI:
     def _settle(resume: bool = False) -> None:
         store = ServerStore(home)
         try:
-            runners.settle(store, resume=resume)
+            joblib.settle(home, store, resume=resume)
         finally:
             store.close()
 
@@ -164,7 +163,7 @@ def create_app(home: Path) -> FastAPI:
             code, answer = joblib.dry_run(home, cmd)
             status = 200 if code == 0 else 400 if code == 2 else 409
             return JSONResponse(answer, status_code=status)
-        job = runners.submit(store, cmd, who.name)
+        job = joblib.submit(home, store, cmd, who.name)
         row = store.job(job)
         assert row is not None
         return JSONResponse(

@@ -9,67 +9,50 @@ without having said how they ended.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
+from sharedroot.api import detached
 from sharedroot.api.actions import Command, takes_yes
 from sharedroot.errors import RefusedError
 from sharedroot.model.access import JobStatus
-from sharedroot.run import run, start
+from sharedroot.run import run
 from sharedroot.store.serverdb import JobRow, ServerStore
-from sharedroot.store.state import process_start
 from sharedroot.workflows.context import Site
 
 DRY_RUN_TIMEOUT = 120.0
 
 
-class Runners:
-    """The runner processes this server started, reaped as they end (no zombies)."""
+def submit(home: Path, store: ServerStore, cmd: Command, user: str) -> int:
+    argv = ["--json", *cmd.argv] + (["--yes"] if takes_yes(cmd.kind) else [])
+    job = store.add_job(cmd.kind, cmd.targets, argv, user)
+    _spawn(home, store, job)
+    return job
 
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self._children: list[subprocess.Popen[bytes]] = []
-        self._lock = threading.Lock()
 
-    def submit(self, store: ServerStore, cmd: Command, user: str) -> int:
-        argv = ["--json", *cmd.argv] + (["--yes"] if takes_yes(cmd.kind) else [])
-        job = store.add_job(cmd.kind, cmd.targets, argv, user)
-        self._spawn(store, job)
-        return job
+def _spawn(home: Path, store: ServerStore, job: int) -> None:
+    pid, started = detached.launch("sharedroot.api.runner", home, job, store.log_path(job))
+    store.set_runner(job, pid, started)
 
-    def _spawn(self, store: ServerStore, job: int) -> None:
-        with open(store.log_path(job), "ab") as log:
-            child = start(
-                [sys.executable, "-m", "sharedroot.api.runner", self.home, str(job)],
-                stdout=log,
-                stderr=log,
-                detach=True,
-            )
-        with self._lock:
-            self._children.append(child)
-        store.set_runner(job, child.pid, process_start(child.pid) or "")
 
-    def settle(self, store: ServerStore, *, resume: bool = False) -> None:
-        """Jobs whose runner is gone end as failed; with `resume` (a server starting),
-        jobs accepted but never started are started now."""
-        with self._lock:  # reap the runners that ended (no zombies)
-            self._children = [c for c in self._children if c.poll() is None]
-        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            for job in store.jobs(limit=10_000, status=status):
-                if job.runner is None:
-                    if resume:
-                        self._spawn(store, job.id)
-                    continue
-                if not _alive(job.runner, job.runner_start):
-                    store.end_job(
-                        job.id,
-                        JobStatus.FAILED,
-                        "the job's runner process ended without recording a result"
-                        " (killed?); the command's journal entry says how far it got",
-                    )
+def settle(home: Path, store: ServerStore, *, resume: bool = False) -> None:
+    """Jobs whose runner is gone end as failed; with `resume` (a server starting), jobs
+    accepted but never started are started now."""
+    detached.reap()
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        for job in store.jobs(limit=10_000, status=status):
+            if job.runner is None:
+                if resume:
+                    _spawn(home, store, job.id)
+                continue
+            if not detached.alive(job.runner, job.runner_start):
+                store.end_job(
+                    job.id,
+                    JobStatus.FAILED,
+                    "the job's runner process ended without recording a result"
+                    " (killed?); the command's journal entry says how far it got",
+                )
 
 
 def cancel(store: ServerStore, job: int) -> JobRow:
@@ -85,16 +68,6 @@ def cancel(store: ServerStore, job: int) -> JobRow:
     got = store.job(job)
     assert got is not None
     return got
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    """The runner is still that process, and not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat.rpartition(")")[2].split()
-    return fields[0] != "Z" and fields[19] == started
 
 
 def dry_run(home: Path, cmd: Command) -> tuple[int, Any]:

@@ -8,14 +8,12 @@ that started it stops it. Paused, it has no process; resume or retry starts one.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharedroot.api import detached
 from sharedroot.errors import InputError, RefusedError
 from sharedroot.model.rollout import (
     MAX_CLONES,
@@ -27,15 +25,11 @@ from sharedroot.model.rollout import (
     within,
 )
 from sharedroot.model.types import Role, guest_name
-from sharedroot.run import start
 from sharedroot.store.rollouts import ROLLOUTS_DIR, RolloutRow, RolloutStore
-from sharedroot.store.state import process_start
 from sharedroot.workflows.context import Site
 from sharedroot.workflows.relink import slot_of
 
 API = "/api/v1"
-_children: list[subprocess.Popen[bytes]] = []  # started by this process, reaped by settle()
-_children_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,16 +109,9 @@ def create(home: Path, store: RolloutStore, new: NewRollout, user: str) -> int:
 
 def spawn(home: Path, store: RolloutStore, rollout: int) -> None:
     """Start the rollout's process in a session of its own."""
-    with open(store.dir / ROLLOUTS_DIR / str(rollout) / "rollout.log", "ab") as log:
-        child = start(
-            [sys.executable, "-m", "sharedroot.api.rollout_runner", home, str(rollout)],
-            stdout=log,
-            stderr=log,
-            detach=True,
-        )
-    with _children_lock:
-        _children.append(child)
-    store.set_runner(rollout, child.pid, process_start(child.pid) or "")
+    log = store.dir / ROLLOUTS_DIR / str(rollout) / "rollout.log"
+    pid, started = detached.launch("sharedroot.api.rollout_runner", home, rollout, log)
+    store.set_runner(rollout, pid, started)
 
 
 def one(store: RolloutStore, rollout: int) -> RolloutRow:
@@ -186,12 +173,11 @@ def settle(store: RolloutStore) -> None:
     """Rollouts whose process is gone without an end (killed, the machine restarted)
     end as failed; a clone it left mid-step is failed too (retry takes it up: the
     next migrate finishes an interrupted one)."""
-    with _children_lock:  # reap the processes that ended (no zombies)
-        _children[:] = [c for c in _children if c.poll() is None]
+    detached.reap()
     for r in store.rollouts(limit=10_000):
         if r.state not in (RolloutState.PENDING, RolloutState.RUNNING) or r.runner is None:
             continue
-        if _alive(r.runner, r.runner_start):
+        if detached.alive(r.runner, r.runner_start):
             continue
         busy = store.fail_busy(r.id, "the rollout's process ended during this clone's step")
         store.move(
@@ -201,16 +187,6 @@ def settle(store: RolloutStore) -> None:
             "the rollout's process ended without recording an end (killed?)"
             + (f"; caught mid-step: {', '.join(busy)}" if busy else ""),
         )
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    """Still that process (not a reused pid), and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat.rpartition(")")[2].split()
-    return fields[0] != "Z" and fields[19] == started
 
 
 def view(store: RolloutStore, row: RolloutRow) -> dict[str, Any]:
