@@ -368,3 +368,21 @@ def test_metrics_and_inventory_for_a_viewer(server: Server, tokens: dict[str, st
     inv = server.call("GET", "/api/v1/inventory", token=tokens["viewer"]).json()
     assert "LNX227" in inv["role_ro_clone"]["hosts"]
     assert inv["_meta"]["hostvars"]["LNX227"]["ansible_host"] == "10.0.2.227"
+
+
+@pytest.mark.parametrize(
+    ("asked", "goes"),
+    [
+        ("/guests?role=ro", "/guests?role=ro"),
+        ("/jobs/3", "/jobs/3"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/a\r\nSet-Cookie: x=1", "/"),
+        ("javascript:alert(1)", "/"),
+    ],
+)
+def test_sign_in_sends_a_browser_only_to_a_page_of_this_site(asked: str, goes: str) -> None:
+    from sharedroot.api.dashboard import safe_next
+
+    assert safe_next(asked) == goes

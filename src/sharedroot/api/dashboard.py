@@ -7,6 +7,7 @@ no way to change anything that the API would refuse.
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations.
 
+import re
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -199,8 +200,9 @@ def wants_page(request: Request) -> bool:
 
 
 def safe_next(path: str) -> str:
-    # only a path of this site: a link cannot send a fresh session elsewhere
-    return path if path.startswith("/") and not path.startswith("//") else "/"
+    # Only a plain path of this site, so a link cannot send a fresh session elsewhere
+    # (`//host` and `/\host` are other sites to a browser).
+    return path if re.fullmatch(r"/(?![/\\])[A-Za-z0-9._~/?=&%+-]{0,500}", path) else "/"
 
 
 def login_redirect(ok: bool, next: str = "/") -> RedirectResponse:
