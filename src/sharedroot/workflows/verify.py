@@ -40,6 +40,7 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
         return code, out.decode(errors="replace").strip(), err.decode(errors="replace").strip()
 
     checks: list[Check] = []
+    ui.step(f"{guest}: the writable and read-only file systems (touch /etc/foo ...)")
     for d in WRITABLE:
         code, _, err = sh(f"touch {d}/foo && rm {d}/foo")
         checks.append(Check(f"touch {d}/foo", code == 0, "writable" if code == 0 else err))
@@ -49,6 +50,7 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
         ok = code != 0 and "Read-only file system" in err
         checks.append(Check(f"touch {path} fails", ok, err or "it succeeded: the disk is writable"))
 
+    ui.step(f"{guest}: the hostname from its parm file, its machine-id")
     parm = site.hv.get_parm(guest)
     _, hostname, _ = sh("hostname")
     if parm is None:
@@ -82,6 +84,7 @@ def verify(site: Site, ui: UI, opts: Options, guest: str, timeout: float = 600) 
         with site.state.transaction():
             site.state.set_fact(f"machine-id:{guest}", machine_id)
 
+    ui.step(f"{guest}: writable paths, failed units, fstab, read-only and mapped disks")
     # The gold's writable paths (site.toml [writable] when its slot was made), if any.
     code, seen, _ = sh(
         f"[ -f {LISTED} ] || exit 3; while read -r p; do"
