@@ -143,3 +143,8 @@ def chip_states(driver: webdriver.Chrome) -> dict[str, str]:
         ".map((e) => [e.id.replace(/^chip-/, ''), e.dataset.state]));"
     )
     return got
+
+
+def rollout_state(driver: webdriver.Chrome) -> str | None:
+    """The state a rollout page shows."""
+    return driver.find_element(By.ID, "rollout-body").get_attribute("data-state")

@@ -29,6 +29,7 @@ from browserkit import (
     artifact_dir,
     chip_states,
     chromium,
+    rollout_state,
     serving,
     sign_in,
     texts,
@@ -199,7 +200,7 @@ def test_a_rollout_from_its_form_pauses_shows_the_failed_log_and_aborts(
     accept_confirm(browser)
     wait_for(browser, lambda d: "/rollouts/" in d.current_url, "on the rollout's page")
     rollout = int(browser.current_url.rsplit("/", 1)[1])
-    wait_for(browser, lambda d: state(d) == "paused", "paused after the canary")
+    wait_for(browser, lambda d: rollout_state(d) == "paused", "paused after the canary")
     assert chip_states(browser) == {"LNX001": "failed", "LNX002": "pending"}
     wait_for(
         browser, lambda d: texts(d, ".wave-title") == ["wave 1", "wave 2 (planned)"], "the waves"
@@ -230,7 +231,7 @@ def test_a_rollout_from_its_form_pauses_shows_the_failed_log_and_aborts(
     )
     browser.find_element(By.ID, "rollout-abort").click()
     accept_confirm(browser)
-    wait_for(browser, lambda d: state(d) == "aborted", "aborted")
+    wait_for(browser, lambda d: rollout_state(d) == "aborted", "aborted")
     wait_for(browser, lambda d: d.find_element(By.ID, "live").text == "ended: aborted", "ended")
     wait_for(browser, lambda d: texts(d, ".wave-title") == ["wave 1", "not reached"], "the waves")
     wait_for(browser, lambda d: texts(d, "#rollout-actions button") == [], "no action left")
@@ -241,10 +242,6 @@ def test_a_rollout_from_its_form_pauses_shows_the_failed_log_and_aborts(
     sign_in(browser, server, server.tokens[ApiRole.VIEWER], f"/rollouts/{rollout}")
     assert chip_states(browser) == {"LNX001": "failed", "LNX002": "pending"}
     assert browser.find_elements(By.CSS_SELECTOR, "#rollout-actions, #new-rollout") == []
-
-
-def state(driver: webdriver.Chrome) -> str | None:
-    return driver.find_element(By.ID, "rollout-body").get_attribute("data-state")
 
 
 def test_a_bad_token_is_refused(browser: webdriver.Chrome, server: Server) -> None:
