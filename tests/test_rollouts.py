@@ -25,18 +25,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from browserkit import (
-    Server,
-    accept_confirm,
-    add_tokens,
-    artifact_dir,
-    chip_states,
-    chromium,
-    rollout_state,
-    serving,
-    sign_in,
-    wait_for,
-)
+import browserkit as bk
 from conftest import SHAREDROOT, BootSite, Ran
 from sharedroot.api import rollouts as ro
 from sharedroot.api.rollout_runner import run_rollout
@@ -371,27 +360,27 @@ def test_two_running_clones_pause_after_the_canary(
 ) -> None:
     """Started from the dashboard's form, followed live in the browser, resumed there."""
     home = two_clones.home
-    shots = artifact_dir(tmp_path_factory)
-    tokens = add_tokens(home, [ApiRole.OPERATOR])
-    with serving(home) as url, chromium() as browser:
-        sign_in(browser, Server(url, home, tokens), tokens[ApiRole.OPERATOR], "/rollouts")
+    shots = bk.artifact_dir(tmp_path_factory)
+    tokens = bk.add_tokens(home, [ApiRole.OPERATOR])
+    with bk.serving(home) as url, bk.chromium() as browser:
+        bk.sign_in(browser, bk.Server(url, home, tokens), tokens[ApiRole.OPERATOR], "/rollouts")
         browser.find_element(By.ID, "ro-clones").send_keys("LNX241 LNX242")
         Select(browser.find_element(By.ID, "ro-slot")).select_by_value("2")
         browser.find_element(By.ID, "ro-wave").clear()
         browser.find_element(By.ID, "ro-wave").send_keys("2")
         browser.find_element(By.ID, "ro-pause").click()
         browser.find_element(By.ID, "ro-start").click()
-        accept_confirm(browser)
-        wait_for(browser, lambda d: "/rollouts/" in d.current_url, "on the rollout's page")
+        bk.accept_confirm(browser)
+        bk.wait_for(browser, lambda d: "/rollouts/" in d.current_url, "on the rollout's page")
         rid = int(browser.current_url.rsplit("/", 1)[1])
         seen: set[str] = set()  # the canary's states as the live page drew them
 
         def paused(d: object) -> bool:
-            seen.add(chip_states(browser).get("LNX241", ""))
-            return rollout_state(browser) == "paused"
+            seen.add(bk.chip_states(browser).get("LNX241", ""))
+            return bk.rollout_state(browser) == "paused"
 
-        wait_for(browser, paused, "paused after the canary", BOOTS)
-        assert chip_states(browser) == {"LNX241": "ok", "LNX242": "pending"}
+        bk.wait_for(browser, paused, "paused after the canary", BOOTS)
+        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "pending"}
         assert seen & {"stopping", "relinking", "merging_etc", "booting", "verifying"}, seen
         browser.save_screenshot(str(shots / "rollout-paused.png"))
         view = show(home, rid)
@@ -402,10 +391,12 @@ def test_two_running_clones_pause_after_the_canary(
         assert "> wave 1: stopping LNX241" in log and "> wave 1: starting LNX241" in log
         assert "> sharedroot verify LNX241" in log and log.endswith("> ok\n")
         browser.find_element(By.ID, "rollout-resume").click()
-        wait_for(browser, lambda d: rollout_state(browser) in ("succeeded", "failed"), "end", BOOTS)
-        assert chip_states(browser) == {"LNX241": "ok", "LNX242": "ok"}
-        assert rollout_state(browser) == "succeeded", show(home, rid)
-        wait_for(browser, lambda d: d.find_element(By.ID, "live").text == "ended: succeeded", "end")
+        bk.wait_for(browser, lambda d: bk.rollout_state(d) in ("succeeded", "failed"), "end", BOOTS)
+        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "ok"}
+        assert bk.rollout_state(browser) == "succeeded", show(home, rid)
+        bk.wait_for(
+            browser, lambda d: d.find_element(By.ID, "live").text == "ended: succeeded", "end"
+        )
         browser.save_screenshot(str(shots / "rollout-succeeded.png"))
     view = show(home, rid)
     assert view["state"] == "succeeded", view
