@@ -9,51 +9,40 @@ really run on such a site: `mnt2tst` (copies the maintenance disks) and `verify`
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
-from conftest import SHAREDROOT
+from browserkit import (
+    WAIT,
+    Server,
+    accept_confirm,
+    add_tokens,
+    artifact_dir,
+    chip_states,
+    chromium,
+    rollout_state,
+    serving,
+    sign_in,
+    texts,
+    wait_for,
+)
 from sharedroot.cli.main import main
 from sharedroot.model.access import ApiRole
 from sharedroot.model.layout import gold_ro_address
 from sharedroot.model.types import Mode
-from sharedroot.store.serverdb import ServerStore
 from sharedroot.workflows.context import Site
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT = 20.0  # seconds for a page or a job (a loaded 2-core machine)
 # clone -> the gold holder it links (slot 1 is current and holds generation 1)
 CLONES = {"LNX001": "S10GOLD", "LNX002": "S10GOLD", "LNX003": "S10GOLD2", "LNX004": None}
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    home: Path
-    tokens: dict[ApiRole, str]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_site(home: Path) -> None:
@@ -70,42 +59,6 @@ def make_site(home: Path) -> None:
     site.state.close()
 
 
-@contextmanager
-def serving(home: Path) -> Iterator[str]:
-    """`sharedroot serve` on a free loopback port, until the block ends; its URL."""
-    port = free_port()
-    with open(home / "serve.log", "wb") as log:
-        proc = subprocess.Popen(
-            [SHAREDROOT, "--home", str(home), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + WAIT
-        try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/login", timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, (home / "serve.log").read_text()
-                    assert time.monotonic() < deadline, "the server did not answer"
-                    time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def add_tokens(home: Path, roles: Iterable[ApiRole]) -> dict[ApiRole, str]:
-    store = ServerStore(home)
-    try:
-        return {role: store.add_token(role.value, role) for role in roles}
-    finally:
-        store.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("dash") / "site"
@@ -117,61 +70,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    # Debian's Chromium and its driver, named outright: Selenium Manager is skipped
-    # (a driver path is given) and told to stay offline were it ever asked.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SE_OFFLINE", "true")
-        yield from chromium()
-
-
-def chromium() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.implicitly_wait(0)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = os.environ.get("SHAREDROOT_ARTIFACTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("artifacts")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def wait_for(driver: webdriver.Chrome, check: object, what: str) -> None:
-    WebDriverWait(driver, WAIT).until(lambda d: check(d), message=what)  # type: ignore[operator]
-
-
-def sign_in(driver: webdriver.Chrome, server: Server, token: str, page: str = "/") -> None:
-    driver.delete_all_cookies()
-    driver.get(server.url + page)
-    wait_for(driver, lambda d: "/login" in d.current_url, "sent to sign in")
-    driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.ID, "sign-in").click()
-    wait_for(driver, lambda d: "/login" not in d.current_url, "signed in")
-
-
-def accept_confirm(driver: webdriver.Chrome) -> None:
-    def alert(d: webdriver.Chrome) -> bool:
-        try:
-            d.switch_to.alert.accept()
-            return True
-        except NoAlertPresentException:
-            return False
-
-    wait_for(driver, alert, "a confirm dialog")
-
-
-def texts(driver: webdriver.Chrome, css: str) -> list[str]:
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
+    return artifact_dir(tmp_path_factory)
 
 
 def test_overview_shows_the_slots_and_their_clones(
@@ -263,7 +168,7 @@ def test_a_viewer_sees_no_action_buttons(browser: webdriver.Chrome, server: Serv
     sign_in(browser, server, server.tokens[ApiRole.VIEWER])
     assert browser.find_elements(By.CSS_SELECTOR, "button.op") == []
     assert texts(browser, "span.op")  # the pipeline's arrows, named but not buttons
-    for page in ("/guests", "/guests/LNX001", "/slots", "/jobs"):
+    for page in ("/guests", "/guests/LNX001", "/slots", "/jobs", "/rollouts"):
         browser.get(server.url + page)
         actions = browser.find_elements(By.CSS_SELECTOR, "input.pick, [data-bulk], [hx-post]")
         assert [a.get_attribute("hx-post") for a in actions] == ["/logout"], page
@@ -275,6 +180,68 @@ def test_a_viewer_sees_no_action_buttons(browser: webdriver.Chrome, server: Serv
     wait_for(browser, lambda d: "/login" in d.current_url, "signed out")
     browser.get(server.url + "/guests")
     assert "/login" in browser.current_url
+
+
+def test_a_rollout_from_its_form_pauses_shows_the_failed_log_and_aborts(
+    browser: webdriver.Chrome, server: Server, artifacts: Path
+) -> None:
+    """Gold slot 2 holds nothing here, so each clone's migrate is refused by the CLI:
+    the canary fails, for real, and the rollout pauses after it."""
+    sign_in(browser, server, server.tokens[ApiRole.OPERATOR], "/rollouts")
+    assert "on" in (browser.find_element(By.LINK_TEXT, "Rollouts").get_attribute("class") or "")
+    assert texts(browser, "#rollout-table tbody td") == ["no rollout yet"]
+    Select(browser.find_element(By.ID, "ro-from")).select_by_value("1")
+    Select(browser.find_element(By.ID, "ro-slot")).select_by_value("2")
+    for field, value in (("ro-wave", "2"), ("ro-max", "5")):
+        browser.find_element(By.ID, field).clear()
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "ro-pause").click()
+    browser.find_element(By.ID, "ro-start").click()
+    accept_confirm(browser)
+    wait_for(browser, lambda d: "/rollouts/" in d.current_url, "on the rollout's page")
+    rollout = int(browser.current_url.rsplit("/", 1)[1])
+    wait_for(browser, lambda d: rollout_state(d) == "paused", "paused after the canary")
+    assert chip_states(browser) == {"LNX001": "failed", "LNX002": "pending"}
+    wait_for(
+        browser, lambda d: texts(d, ".wave-title") == ["wave 1", "wave 2 (planned)"], "the waves"
+    )
+    assert browser.find_element(By.ID, "rollout-message").text == "paused after wave 1"
+    assert browser.find_element(By.ID, "live").text == "live"
+    made = api(server, f"/api/v1/rollouts/{rollout}")
+    assert (made["selection"], made["slot"], made["wave_size"], made["max_failures"]) == (
+        {"from_slot": 1},
+        2,
+        2,
+        5,
+    )
+    assert made["pause_after_each_wave"] is True and made["user"] == "operator"
+    browser.save_screenshot(str(artifacts / "rollout-failed-canary.png"))
+    # the failed clone's log, one click away
+    browser.find_element(By.CSS_SELECTOR, "#chip-LNX001 a.log").click()
+    wait_for(browser, lambda d: "/clones/LNX001/log" in d.current_url, "the clone's log")
+    log = browser.find_element(By.TAG_NAME, "pre").text
+    assert "> sharedroot migrate LNX001 --slot 2 --reboot --yes" in log
+    assert "gold slot 2 (S10GOLD2) holds nothing yet" in log
+    browser.back()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "rollout-abort"), "the page again")
+    wait_for(
+        browser,
+        lambda d: texts(d, "#rollout-actions button") == ["resume", "abort", "retry"],
+        "actions",
+    )
+    browser.find_element(By.ID, "rollout-abort").click()
+    accept_confirm(browser)
+    wait_for(browser, lambda d: rollout_state(d) == "aborted", "aborted")
+    wait_for(browser, lambda d: d.find_element(By.ID, "live").text == "ended: aborted", "ended")
+    wait_for(browser, lambda d: texts(d, ".wave-title") == ["wave 1", "not reached"], "the waves")
+    wait_for(browser, lambda d: texts(d, "#rollout-actions button") == [], "no action left")
+    browser.get(server.url + "/rollouts")
+    row = texts(browser, "#rollout-table tbody tr")
+    assert len(row) == 1 and row[0].startswith(f"{rollout} aborted 2 2 1 1 failed 1 pending")
+    # a viewer sees the rollout, and neither the form nor its buttons
+    sign_in(browser, server, server.tokens[ApiRole.VIEWER], f"/rollouts/{rollout}")
+    assert chip_states(browser) == {"LNX001": "failed", "LNX002": "pending"}
+    assert browser.find_elements(By.CSS_SELECTOR, "#rollout-actions, #new-rollout") == []
 
 
 def test_a_bad_token_is_refused(browser: webdriver.Chrome, server: Server) -> None:

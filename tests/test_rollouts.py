@@ -3,7 +3,8 @@
 Fast tests drive real rollouts on a real store without a boot: their clones' migrate is
 refused by the CLI itself (a gold slot nobody filled), so the
 waves, the flags and max failures are seen for real, with the CLI's own messages. One
-boot test moves two running clones, pausing after the canary.
+boot test moves two running clones from the dashboard in headless Chromium, pausing
+after the canary.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
+import browserkit as bk
 from conftest import SHAREDROOT, BootSite, Ran
 from sharedroot.api import rollouts as ro
 from sharedroot.api.rollout_runner import run_rollout
+from sharedroot.model.access import ApiRole
 from sharedroot.model.rollout import CloneState, RolloutState, next_wave, plan, state_of_step
 from sharedroot.store.rollouts import RolloutStore
 from sharedroot.store.serverdb import ServerStore
@@ -345,20 +350,55 @@ def two_clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
         s.run("stop", g, "--timeout", "30", check=False)
 
 
+BOOTS = 1800.0  # seconds for a wave of real boots under TCG on a loaded machine
+
+
 @pytest.mark.boot
 @pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)")
-def test_two_running_clones_pause_after_the_canary(two_clones: BootSite) -> None:
+def test_two_running_clones_pause_after_the_canary(
+    two_clones: BootSite, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Started from the dashboard's form, followed live in the browser, resumed there."""
     home = two_clones.home
-    rid = start(home, "--from-slot", "1", "--slot", "2", "--wave-size", "2",
-                "--pause-after-each-wave")  # fmt: skip
-    view = until(home, rid, "paused", within=1800)
-    assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("pending", None, None)}
-    assert two_clones.state("LNX241") == "logged_on"
-    log = Path(view["clones"][0]["log"]).read_text()
-    assert "> wave 1: stopping LNX241" in log and "> wave 1: starting LNX241" in log
-    assert "> sharedroot verify LNX241" in log and log.endswith("> ok\n")
-    assert sr(home, "rollout", "resume", str(rid)).returncode == 0
-    view = until(home, rid, "succeeded", "failed", within=1800)
+    shots = bk.artifact_dir(tmp_path_factory)
+    tokens = bk.add_tokens(home, [ApiRole.OPERATOR])
+    with bk.serving(home) as url, bk.chromium() as browser:
+        bk.sign_in(browser, bk.Server(url, home, tokens), tokens[ApiRole.OPERATOR], "/rollouts")
+        browser.find_element(By.ID, "ro-clones").send_keys("LNX241 LNX242")
+        Select(browser.find_element(By.ID, "ro-slot")).select_by_value("2")
+        browser.find_element(By.ID, "ro-wave").clear()
+        browser.find_element(By.ID, "ro-wave").send_keys("2")
+        browser.find_element(By.ID, "ro-pause").click()
+        browser.find_element(By.ID, "ro-start").click()
+        bk.accept_confirm(browser)
+        bk.wait_for(browser, lambda d: "/rollouts/" in d.current_url, "on the rollout's page")
+        rid = int(browser.current_url.rsplit("/", 1)[1])
+        seen: set[str] = set()  # the canary's states as the live page drew them
+
+        def paused(d: object) -> bool:
+            seen.add(bk.chip_states(browser).get("LNX241", ""))
+            return bk.rollout_state(browser) == "paused"
+
+        bk.wait_for(browser, paused, "paused after the canary", BOOTS)
+        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "pending"}
+        assert seen & {"stopping", "relinking", "merging_etc", "booting", "verifying"}, seen
+        browser.save_screenshot(str(shots / "rollout-paused.png"))
+        view = show(home, rid)
+        assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("pending", None, None)}
+        assert view["selection"] == {"clones": ["LNX241", "LNX242"]}
+        assert two_clones.state("LNX241") == "logged_on"
+        log = Path(view["clones"][0]["log"]).read_text()
+        assert "> wave 1: stopping LNX241" in log and "> wave 1: starting LNX241" in log
+        assert "> sharedroot verify LNX241" in log and log.endswith("> ok\n")
+        browser.find_element(By.ID, "rollout-resume").click()
+        bk.wait_for(browser, lambda d: bk.rollout_state(d) in ("succeeded", "failed"), "end", BOOTS)
+        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "ok"}
+        assert bk.rollout_state(browser) == "succeeded", show(home, rid)
+        bk.wait_for(
+            browser, lambda d: d.find_element(By.ID, "live").text == "ended: succeeded", "end"
+        )
+        browser.save_screenshot(str(shots / "rollout-succeeded.png"))
+    view = show(home, rid)
     assert view["state"] == "succeeded", view
     assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("ok", 2, None)}
     assert "S10GOLD2 LINKS: [[GOLD 2]] LNX241 LNX242" in two_clones.run("linked").stdout

@@ -33,7 +33,7 @@ from sharedroot.api.auth import (
     session_cookie,
 )
 from sharedroot.api.dashboard import STATIC, dashboard, login_redirect, wants_page
-from sharedroot.api.rollout_routes import rollout_router
+from sharedroot.api.rollout_routes import rollout_router, rollout_store
 from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError, RefusedError, SharedrootError
 from sharedroot.model.access import TOKEN_RULE, ApiRole, JobStatus
@@ -300,7 +300,7 @@ def create_app(home: Path) -> FastAPI:
     def whoami(who: Viewer) -> dict[str, Any]:
         return {"name": who.name, "role": who.role.value, "session": who.csrf is not None}
 
-    app.include_router(dashboard(key, store_dep, site_dep))
+    app.include_router(dashboard(key, store_dep, site_dep, rollout_store(home)))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -20,12 +20,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from sharedroot.api import jobs as joblib
+from sharedroot.api import rollouts as ro
 from sharedroot.api.actions import GuestAction
 from sharedroot.api.auth import Principal, principal, require
 from sharedroot.api.views import guest_rows, guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError
 from sharedroot.model.access import ApiRole, JobStatus
+from sharedroot.model.rollout import CloneState
 from sharedroot.model.types import GuestState, Role
+from sharedroot.store.rollouts import RolloutStore
 from sharedroot.store.serverdb import ServerStore
 from sharedroot.workflows import generations, report
 from sharedroot.workflows.context import Site
@@ -33,6 +36,8 @@ from sharedroot.workflows.context import Site
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 JOBS_SHOWN = 200
+ROLLOUTS_SHOWN = 100
+CLONE_STATES = {s.value: s.value.replace("_etc", " /etc") for s in CloneState}
 E = TypeVar("E", bound=StrEnum)
 BULK_ACTIONS = (GuestAction.START, GuestAction.STOP, GuestAction.VERIFY)
 
@@ -50,12 +55,14 @@ def dashboard(
     key: bytes,
     store_dep: Callable[[], Iterator[ServerStore]],
     site_dep: Callable[[], Iterator[Site]],
+    rollouts_dep: Callable[[], Iterator[RolloutStore]],
 ) -> APIRouter:
-    """The pages; `store_dep` and `site_dep` are the API's own per-request stores."""
+    """The pages; the `*_dep` are the API's own per-request stores."""
     pages = templates()
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
     Store = Annotated[ServerStore, Depends(store_dep)]
     SiteDep = Annotated[Site, Depends(site_dep)]
+    Rollouts = Annotated[RolloutStore, Depends(rollouts_dep)]
 
     def signed_in(request: Request, store: Store) -> Principal:
         """The caller; a browser that is not signed in is sent to the sign-in page."""
@@ -173,6 +180,23 @@ def dashboard(
             raise LookupError(f"job {job}: no such job")
         return page(request, who, "job.html", job=joblib.view(row, site))
 
+    @router.get("/rollouts")
+    def rollouts(request: Request, who: Who, site: SiteDep, store: Rollouts) -> Response:
+        pipe = pipeline_view(site)
+        return page(
+            request,
+            who,
+            "rollouts.html",
+            rollouts=[ro.view(store, r) for r in store.rollouts(ROLLOUTS_SHOWN)],
+            slots=site.config.gold_slots,
+            current=pipe["current_slot"],
+        )
+
+    @router.get("/rollouts/{rollout}")
+    def rollout(rollout: int, request: Request, who: Who, store: Rollouts) -> Response:
+        view = ro.view(store, ro.one(store, rollout))
+        return page(request, who, "rollout.html", r=view, bars=wave_bars(view), names=CLONE_STATES)
+
     @router.get("/tokens")
     def tokens(request: Request, who: Who, store: Store) -> Response:
         require(who, ApiRole.ADMIN)
@@ -181,6 +205,27 @@ def dashboard(
         )
 
     return router
+
+
+def wave_bars(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """A rollout's waves as its page draws them: those begun, those planned, then the
+    clones an ended rollout never reached; each with its clones' views."""
+    by_name = {c["clone"]: c for c in view["clones"]}
+    bars = [
+        {"title": f"wave {w['wave']}", "kind": "begun", "clones": [by_name[n] for n in w["clones"]]}
+        for w in view["waves"]
+    ]
+    after = max((w["wave"] for w in view["waves"]), default=0)
+    for n, names in enumerate(view["planned"], start=after + 1):
+        # a failed clone queued again stays drawn in the wave it failed in
+        fresh = [by_name[c] for c in names if by_name[c]["wave"] is None]
+        if fresh:
+            bars.append({"title": f"wave {n} (planned)", "kind": "planned", "clones": fresh})
+    placed = {c["clone"] for b in bars for c in b["clones"]}
+    left = [c for c in view["clones"] if c["clone"] not in placed]
+    if left:
+        bars.append({"title": "not reached", "kind": "left", "clones": left})
+    return bars
 
 
 def choice(kind: type[E], value: str) -> E | None:

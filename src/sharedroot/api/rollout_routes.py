@@ -40,8 +40,8 @@ class RolloutBody(BaseModel):
     max_failures: int = Field(0, description="the rollout fails when more clones fail")
 
 
-def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
-    router = APIRouter(prefix=f"{API}/rollouts", tags=["rollouts"])
+def rollout_store(home: Path) -> Callable[[], Iterator[RolloutStore]]:
+    """The per-request store of the rollout routes and the dashboard's rollout pages."""
 
     def store_dep() -> Iterator[RolloutStore]:
         store = RolloutStore(home)
@@ -50,6 +50,13 @@ def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
             yield store
         finally:
             store.close()
+
+    return store_dep
+
+
+def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
+    router = APIRouter(prefix=f"{API}/rollouts", tags=["rollouts"])
+    store_dep = rollout_store(home)
 
     def operator(who: Annotated[Principal, Depends(caller)]) -> Principal:
         require(who, ApiRole.OPERATOR)

@@ -1,5 +1,6 @@
 // The dashboard's own few lines around htmx: the CSRF header, JSON bodies, what to do
-// with an action's answer (a job to follow, a token to show), and a job's live events.
+// with an action's answer (a job or rollout to follow, a token to show), and the live
+// events of a job or a rollout.
 "use strict";
 
 // Every request htmx makes carries the session's CSRF value (the API checks it).
@@ -8,19 +9,38 @@ document.addEventListener("htmx:configRequest", (ev) => {
   if (meta) ev.detail.headers["X-CSRF-Token"] = meta.content;
 });
 
-// The API takes JSON bodies: a form's fields become one JSON object.
+// The API takes JSON bodies: a form's fields become one JSON object, each a string
+// unless its field says otherwise (data-json: int, bool, words); an empty typed field
+// is left out, so the API takes its default.
+const typed = {
+  int: (v) => Number(v),
+  bool: () => true, // a ticked checkbox; an unticked one sends nothing
+  words: (v) => v.split(/[\s,]+/).filter(Boolean),
+};
+
+function jsonFields(parameters, form) {
+  const body = {};
+  for (const [name, value] of parameters) {
+    const kind = form && form.elements ? form.elements[name]?.dataset?.json : undefined;
+    if (!kind) body[name] = value;
+    else if (String(value).trim() !== "") body[name] = typed[kind](String(value).trim());
+  }
+  return body;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   htmx.defineExtension("json-body", {
     onEvent(name, ev) {
       if (name === "htmx:configRequest") ev.detail.headers["Content-Type"] = "application/json";
     },
-    encodeParameters(xhr, parameters) {
-      return JSON.stringify(Object.fromEntries(parameters));
+    encodeParameters(xhr, parameters, elt) {
+      return JSON.stringify(jsonFields(parameters, elt));
     },
   });
   htmx.process(document.body);
   bulkActions();
   liveJob();
+  liveRollout();
 });
 
 function note(text, href, bad) {
@@ -56,10 +76,12 @@ document.addEventListener("htmx:afterRequest", (ev) => {
   } else if (xhr.status >= 400) {
     note(`${xhr.status}: ${detail(xhr)}`, null, true);
   } else if (xhr.status === 202) {
-    // An action became a job: follow it, or list it (bulk actions start many).
-    const id = (xhr.getResponseHeader("Location") || "").split("/").pop();
+    // An action became a job (or a rollout): follow it to its page (the API's path
+    // without /api/v1), or list it (bulk actions start many).
+    const where = xhr.getResponseHeader("Location") || "";
+    const id = where.split("/").pop();
     if ("follow" in elt.dataset) {
-      window.location.assign(`/jobs/${id}`);
+      window.location.assign(where.replace(/^\/api\/v1/, ""));
       return;
     }
     const job = JSON.parse(xhr.responseText);
@@ -104,6 +126,41 @@ function bulkActions() {
   }
 }
 
+// This page's part `id` drawn anew by the server (one request at a time; a redraw
+// asked for meanwhile follows it).
+const redrawing = {};
+function redraw(id) {
+  const state = (redrawing[id] ||= { busy: false, again: false });
+  if (state.busy) {
+    state.again = true;
+    return;
+  }
+  state.busy = true;
+  htmx
+    .ajax("GET", window.location.pathname, { target: `#${id}`, select: `#${id}`, swap: "outerHTML" })
+    .finally(() => {
+      state.busy = false;
+      if (state.again) {
+        state.again = false;
+        redraw(id);
+      }
+    });
+}
+
+// An event stream shown in `live`: its `done` event closes it and calls ended(data).
+function follow(path, live, ended) {
+  const source = new EventSource(path);
+  live.textContent = "live";
+  source.addEventListener("done", (e) => {
+    source.close();
+    ended(JSON.parse(e.data));
+  });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CONNECTING) live.textContent = "reconnecting…";
+  };
+  return source;
+}
+
 // Job page: its events as they arrive (steps, progress), then its final summary.
 function liveJob() {
   const page = document.getElementById("job");
@@ -112,8 +169,12 @@ function liveJob() {
   const bar = document.getElementById("bar");
   const label = document.getElementById("bar-label");
   const live = document.getElementById("live");
-  const source = new EventSource(`/api/v1/jobs/${page.dataset.job}/events`);
-  live.textContent = "live";
+  const source = follow(`/api/v1/jobs/${page.dataset.job}/events`, live, ({ status }) => {
+    live.textContent = `ended: ${status}`;
+    live.dataset.status = status;
+    if (status === "succeeded") bar.value = bar.max;
+    redraw("job-summary");
+  });
   const line = (cls) => (e) => {
     const li = document.createElement("li");
     li.className = cls;
@@ -129,19 +190,17 @@ function liveJob() {
     const pct = d.total ? Math.floor((100 * d.done) / d.total) : 0;
     label.textContent = `${d.text}: ${pct}%`;
   });
-  source.addEventListener("done", (e) => {
-    source.close();
-    const status = JSON.parse(e.data).status;
-    live.textContent = `ended: ${status}`;
-    live.dataset.status = status;
-    if (status === "succeeded") bar.value = bar.max;
-    htmx.ajax("GET", window.location.pathname, {
-      target: "#job-summary",
-      select: "#job-summary",
-      swap: "outerHTML",
-    });
+}
+
+// Rollout page: drawn anew each time the rollout changes, until it has ended.
+function liveRollout() {
+  const page = document.getElementById("rollout");
+  if (!page) return;
+  const live = document.getElementById("live");
+  const source = follow(`/api/v1/rollouts/${page.dataset.rollout}/events`, live, ({ state }) => {
+    live.textContent = `ended: ${state}`;
+    live.dataset.state = state;
+    redraw("rollout-body");
   });
-  source.onerror = () => {
-    if (source.readyState === EventSource.CONNECTING) live.textContent = "reconnecting…";
-  };
+  source.addEventListener("rollout", () => redraw("rollout-body"));
 }
