@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -358,7 +359,8 @@ BOOTS = 1800.0  # seconds for a wave of real boots under TCG on a loaded machine
 def test_two_running_clones_pause_after_the_canary(
     two_clones: BootSite, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Started from the dashboard's form, followed live in the browser, resumed there."""
+    """Started from the dashboard's form, followed live in the browser, resumed there; then
+    a verify started from a clone's page, its steps shown while it runs."""
     home = two_clones.home
     shots = bk.artifact_dir(tmp_path_factory)
     tokens = bk.add_tokens(home, [ApiRole.OPERATOR])
@@ -398,6 +400,26 @@ def test_two_running_clones_pause_after_the_canary(
             browser, lambda d: d.find_element(By.ID, "live").text == "ended: succeeded", "end"
         )
         browser.save_screenshot(str(shots / "rollout-succeeded.png"))
+
+        # A verify started from a clone's page: its steps arrive while it runs.
+        browser.get(url + "/guests/LNX242")
+        browser.find_element(By.ID, "act-verify").click()
+        bk.accept_confirm(browser)
+        bk.wait_for(browser, lambda d: "/jobs/" in d.current_url, "on the verify job's page")
+        early: list[str] = []
+
+        def ended(d: webdriver.Chrome) -> bool:
+            done = d.find_element(By.ID, "live").text.startswith("ended")
+            if not done and not early:
+                early.extend(bk.texts(d, "#events li"))
+            return done
+
+        bk.wait_for(browser, ended, "the verify's end", BOOTS)
+        assert early, "no step was shown before the verify ended"
+        assert browser.find_element(By.ID, "live").text == "ended: succeeded"
+        steps = bk.texts(browser, "#events li")
+        assert any("LNX242: the writable and read-only file systems" in t for t in steps), steps
+        browser.save_screenshot(str(shots / "verify-live.png"))
     view = show(home, rid)
     assert view["state"] == "succeeded", view
     assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("ok", 2, None)}
