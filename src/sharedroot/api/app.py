@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi import Path as FastPath
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -33,6 +32,7 @@ from sharedroot.api.auth import (
     session_cookie,
 )
 from sharedroot.api.dashboard import STATIC, dashboard, login_redirect, wants_page
+from sharedroot.api.params import RowId
 from sharedroot.api.rollout_routes import rollout_router, rollout_store
 from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError, RefusedError, SharedrootError
@@ -46,7 +46,6 @@ SETTLE_EVERY = 1.0  # seconds between two looks for runners that died
 EVENT_POLL = 0.2  # seconds between two looks for a job's new events
 KEEPALIVE = 15.0  # seconds between two SSE comments while a job is quiet
 Options = Annotated[dict[str, Any] | None, Body(description="the command's own options")]
-JobId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="a job's number")]
 
 
 def create_app(home: Path) -> FastAPI:
@@ -205,21 +204,21 @@ def create_app(home: Path) -> FastAPI:
         return row
 
     @app.get(f"{API}/jobs/{{job}}", tags=["jobs"])
-    def get_job(job: JobId, who: Viewer, store: Store, site: SiteDep) -> dict[str, Any]:
+    def get_job(job: RowId, who: Viewer, store: Store, site: SiteDep) -> dict[str, Any]:
         return joblib.view(one_job(store, job), site)
 
     @app.get(f"{API}/jobs/{{job}}/log", tags=["jobs"], response_class=PlainTextResponse)
-    def get_job_log(job: JobId, who: Viewer, store: Store) -> str:
+    def get_job_log(job: RowId, who: Viewer, store: Store) -> str:
         one_job(store, job)
         path = store.log_path(job)
         return path.read_text(errors="replace") if path.exists() else ""
 
     @app.post(f"{API}/jobs/{{job}}/cancel", tags=["jobs"])
-    def cancel_job(job: JobId, who: Operator, store: Store) -> dict[str, Any]:
+    def cancel_job(job: RowId, who: Operator, store: Store) -> dict[str, Any]:
         return joblib.view(joblib.cancel(store, job))
 
     @app.get(f"{API}/jobs/{{job}}/events", tags=["jobs"])
-    def job_events(job: JobId, request: Request, who: Viewer, store: Store) -> StreamingResponse:
+    def job_events(job: RowId, request: Request, who: Viewer, store: Store) -> StreamingResponse:
         one_job(store, job)
         last = request.headers.get("last-event-id", "0")
         after = int(last) if last.isdecimal() else 0

@@ -23,6 +23,7 @@ from sharedroot.api import jobs as joblib
 from sharedroot.api import rollouts as ro
 from sharedroot.api.actions import GuestAction
 from sharedroot.api.auth import Principal, principal, require
+from sharedroot.api.params import RowId
 from sharedroot.api.views import guest_rows, guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError
 from sharedroot.model.access import ApiRole, JobStatus
@@ -174,7 +175,7 @@ def dashboard(
         return page(request, who, "jobs.html", jobs=rows, statuses=list(JobStatus), chosen=chosen)
 
     @router.get("/jobs/{job}")
-    def job(job: int, request: Request, who: Who, store: Store, site: SiteDep) -> Response:
+    def job(job: RowId, request: Request, who: Who, store: Store, site: SiteDep) -> Response:
         row = store.job(job)
         if row is None:
             raise LookupError(f"job {job}: no such job")
@@ -193,7 +194,7 @@ def dashboard(
         )
 
     @router.get("/rollouts/{rollout}")
-    def rollout(rollout: int, request: Request, who: Who, store: Rollouts) -> Response:
+    def rollout(rollout: RowId, request: Request, who: Who, store: Rollouts) -> Response:
         view = ro.view(store, ro.one(store, rollout))
         return page(request, who, "rollout.html", r=view, bars=wave_bars(view), names=CLONE_STATES)
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sharedroot.api import rollouts as ro
 from sharedroot.api.auth import Principal, require
+from sharedroot.api.params import RowId
 from sharedroot.model.access import ApiRole
 from sharedroot.model.types import guest_name
 from sharedroot.store.rollouts import RolloutStore
@@ -95,27 +96,27 @@ def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
         return [ro.view(store, r) for r in store.rollouts(limit)]
 
     @router.get("/{rollout}")
-    def get_one(rollout: int, who: Viewer, store: Store) -> dict[str, Any]:
+    def get_one(rollout: RowId, who: Viewer, store: Store) -> dict[str, Any]:
         return ro.view(store, ro.one(store, rollout))
 
     @router.post("/{rollout}/pause")
-    def pause(rollout: int, who: Operator, store: Store) -> dict[str, Any]:
+    def pause(rollout: RowId, who: Operator, store: Store) -> dict[str, Any]:
         return ro.view(store, ro.pause(store, rollout))
 
     @router.post("/{rollout}/resume")
-    def resume(rollout: int, who: Operator, store: Store) -> dict[str, Any]:
+    def resume(rollout: RowId, who: Operator, store: Store) -> dict[str, Any]:
         return ro.view(store, ro.resume(home, store, rollout))
 
     @router.post("/{rollout}/abort")
-    def abort(rollout: int, who: Operator, store: Store) -> dict[str, Any]:
+    def abort(rollout: RowId, who: Operator, store: Store) -> dict[str, Any]:
         return ro.view(store, ro.abort(store, rollout))
 
     @router.post("/{rollout}/retry")
-    def retry(rollout: int, who: Operator, store: Store) -> dict[str, Any]:
+    def retry(rollout: RowId, who: Operator, store: Store) -> dict[str, Any]:
         return ro.view(store, ro.retry(home, store, rollout))
 
     @router.get("/{rollout}/clones/{clone}/log", response_class=PlainTextResponse)
-    def clone_log(rollout: int, clone: str, who: Viewer, store: Store) -> str:
+    def clone_log(rollout: RowId, clone: str, who: Viewer, store: Store) -> str:
         ro.one(store, rollout)
         name = guest_name(clone, "clone")
         if name not in {c.clone for c in store.clones(rollout)}:
@@ -124,7 +125,7 @@ def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @router.get("/{rollout}/events")
-    def events(rollout: int, who: Viewer, store: Store) -> StreamingResponse:
+    def events(rollout: RowId, who: Viewer, store: Store) -> StreamingResponse:
         ro.one(store, rollout)
         return StreamingResponse(
             _events(home, rollout),
