@@ -49,7 +49,11 @@ Options = Annotated[dict[str, Any] | None, Body(description="the command's own o
 
 
 def create_app(home: Path) -> FastAPI:
-    key = ServerStore(home).secret()
+    store = ServerStore(home)
+    try:
+        key = store.secret()
+    finally:
+        store.close()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -41,8 +41,7 @@ def cmd_token(args: argparse.Namespace) -> Result:
             store.revoke(args.name)
             return Result({"revoked": args.name}, lambda out: out.print(f"revoked {args.name}"))
         rows = [
-            {"name": t.name, "role": t.role.value, "created": t.created, "last_used": t.last_used}
-            for t in store.tokens()
+            {"name": t.name, "role": t.role.value, "created": t.created} for t in store.tokens()
         ]
     finally:
         store.close()

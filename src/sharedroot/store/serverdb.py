@@ -32,8 +32,7 @@ CREATE TABLE tokens (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL,
     digest TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL,
-    last_used TEXT
+    created TEXT NOT NULL
 );
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY,
@@ -111,7 +110,6 @@ class TokenRow:
     name: str
     role: ApiRole
     created: str
-    last_used: str | None
 
 
 @dataclass(frozen=True)
@@ -221,7 +219,7 @@ class ServerStore:
             if self.db.execute("SELECT 1 FROM tokens WHERE name=?", (name,)).fetchone():
                 raise RefusedError(f"token {name}: exists; revoke it first to replace it")
             self.db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)",
+                "INSERT INTO tokens VALUES (?, ?, ?, ?)",
                 (name, role.value, digest(secret), now()),
             )
         return secret
@@ -233,19 +231,15 @@ class ServerStore:
                 raise RefusedError(f"token {name}: no such token")
 
     def tokens(self) -> list[TokenRow]:
-        rows = self.db.execute("SELECT name, role, created, last_used FROM tokens ORDER BY name")
-        return [TokenRow(r[0], ApiRole(r[1]), r[2], r[3]) for r in rows]
+        rows = self.db.execute("SELECT name, role, created FROM tokens ORDER BY name")
+        return [TokenRow(r[0], ApiRole(r[1]), r[2]) for r in rows]
 
     def token(self, secret: str) -> TokenRow | None:
         """The token a secret belongs to (a revoked one is gone)."""
         row = self.db.execute(
-            "SELECT name, role, created, last_used FROM tokens WHERE digest=?", (digest(secret),)
+            "SELECT name, role, created FROM tokens WHERE digest=?", (digest(secret),)
         ).fetchone()
-        return None if row is None else TokenRow(row[0], ApiRole(row[1]), row[2], row[3])
-
-    def touch_token(self, name: str) -> None:
-        with self.transaction():
-            self.db.execute("UPDATE tokens SET last_used=? WHERE name=?", (now(), name))
+        return None if row is None else TokenRow(row[0], ApiRole(row[1]), row[2])
 
     # -- jobs
 
