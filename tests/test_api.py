@@ -386,3 +386,18 @@ def test_sign_in_sends_a_browser_only_to_a_page_of_this_site(asked: str, goes: s
     from sharedroot.api.dashboard import safe_next
 
     assert safe_next(asked) == goes
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--host", "1.2.3"],
+        ["serve", "--socket", "/tmp/x;y"],
+        ["token", "add", "a/b", "--role", "admin"],
+    ],
+)
+def test_refused_server_arguments_make_no_server_files(
+    site: Site, cli: Callable[..., Ran], args: list[str]
+) -> None:
+    assert cli(*args).code == 2
+    assert not (site.home / "server").exists()

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from sharedroot.cli.render import Result
 from sharedroot.errors import InputError, RefusedError
-from sharedroot.model.access import ApiRole
+from sharedroot.model.access import ApiRole, token_name
 from sharedroot.model.layout import check_plain_path
 from sharedroot.store.serverdb import ServerStore
 from sharedroot.workflows.context import Site, resolve_home
@@ -26,6 +26,8 @@ def _server_store(args: argparse.Namespace) -> ServerStore:
 
 
 def cmd_token(args: argparse.Namespace) -> Result:
+    if args.name is not None:
+        token_name(args.name)  # refused before server.db is made
     store = _server_store(args)
     try:
         if args.action == "add":
@@ -70,14 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     from sharedroot.api.app import create_app
 
     home = resolve_home(args.home)
-    store = _server_store(args)
-    lock_path = store.dir / "serve.lock"
-    store.close()
-    host = _listen_host(args.host)
+    host = _listen_host(args.host)  # the arguments first: a refusal makes no server.db
     socket = None
     if args.socket is not None:
         socket = Path(os.path.normpath(os.path.abspath(args.socket)))
         check_plain_path(str(socket), "--socket")
+    store = _server_store(args)
+    lock_path = store.dir / "serve.lock"
+    store.close()
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
