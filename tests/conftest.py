@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -25,6 +27,12 @@ from sharedroot.workflows.context import Site
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Mounts made by fixtures (XFS and btrfs stores) die with the test run, however it ends.
     private_mounts()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # A run that fills its disk fails everywhere at once; the header says what there was.
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return f"free space for temporary folders: {free / 2**30:.1f} GiB"
 
 
 # The paper's own sample parm file (§1.6.4), as it stands in the paper.
