@@ -401,3 +401,22 @@ def test_refused_server_arguments_make_no_server_files(
 ) -> None:
     assert cli(*args).code == 2
     assert not (site.home / "server").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["token", "list", "--json"], 0, "[]"),
+        (["token", "revoke", "ops"], 1, "token ops: no such token"),
+        (["rollout", "list", "--json"], 0, "[]"),
+        (["rollout", "show", "7"], 1, "rollout 7: no such rollout"),
+        (["rollout", "pause", "7"], 1, "rollout 7: no such rollout"),
+    ],
+)
+def test_readers_leave_a_site_that_never_served_untouched(
+    site: Site, cli: Callable[..., Ran], args: list[str], code: int, says: str
+) -> None:
+    ran = cli(*args)
+    assert ran.code == code
+    assert says in ran.out + ran.err
+    assert not (site.home / "server").exists()

@@ -20,7 +20,7 @@ USER = "cli"  # who started a rollout from the command line (the API names its t
 def cmd_rollout(args: argparse.Namespace) -> Result:
     home = resolve_home(args.home)
     site = Site.open(home, readonly=True)  # a site, not any directory
-    store = RolloutStore(home)
+    store = RolloutStore(home, create=args.action == "start")  # readers make no server.db
     try:
         ro.settle(store)
         if args.action == "start":

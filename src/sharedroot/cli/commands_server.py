@@ -19,16 +19,16 @@ from sharedroot.store.serverdb import ServerStore
 from sharedroot.workflows.context import Site, resolve_home
 
 
-def _server_store(args: argparse.Namespace) -> ServerStore:
+def _server_store(args: argparse.Namespace, *, create: bool) -> ServerStore:
     home = resolve_home(args.home)
     Site.open(home, readonly=True).state.close()  # a site, not any directory
-    return ServerStore(home)
+    return ServerStore(home, create=create)
 
 
 def cmd_token(args: argparse.Namespace) -> Result:
     if args.name is not None:
         token_name(args.name)  # refused before server.db is made
-    store = _server_store(args)
+    store = _server_store(args, create=args.action == "add")  # readers make no server.db
     try:
         if args.action == "add":
             secret = store.add_token(args.name, ApiRole(args.role))
@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> Result:
     if args.socket is not None:
         socket = Path(os.path.normpath(os.path.abspath(args.socket)))
         check_plain_path(str(socket), "--socket")
-    store = _server_store(args)
+    store = _server_store(args, create=True)
     lock_path = store.dir / "serve.lock"
     store.close()
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -38,6 +38,18 @@ def _regular_file(path: Path) -> None:
 SQLITE_MAGIC = b"SQLite format 3\0"
 
 
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, the write lock taken at its start (autocommit connections)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _wal_pending(path: Path) -> bool:
     """Committed changes wait in the write-ahead log (not yet in the file itself)."""
     try:
@@ -263,10 +275,5 @@ class Database:
     def transaction(self) -> Iterator[None]:
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only; this command cannot change it")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.db):
             yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")

@@ -22,6 +22,7 @@ from typing import Any
 from sharedroot.errors import RefusedError, StoreError
 from sharedroot.files import regular_file
 from sharedroot.model.access import ApiRole, JobStatus, token_name
+from sharedroot.store.database import immediate
 from sharedroot.store.rows import now
 
 SERVER_DIR = "server"
@@ -143,20 +144,27 @@ class EventRow:
 
 
 class ServerStore:
-    """One connection to server/server.db (made with the directory on first use)."""
+    """One connection to server/server.db (made with the directory on first use).
 
-    def __init__(self, home: Path) -> None:
+    With create=False a site that never served stays untouched: its readers get an
+    empty store in memory, so a list shows nothing and a lookup finds nothing.
+    """
+
+    def __init__(self, home: Path, *, create: bool = True) -> None:
         self.dir = home / SERVER_DIR
         self.path = self.dir / "server.db"
         fresh = not self.path.exists()
-        if fresh:
+        where: Path | str = self.path
+        if fresh and create:
             self.dir.mkdir(mode=0o700, exist_ok=True)
             (self.dir / "jobs").mkdir(mode=0o700, exist_ok=True)
+        elif fresh:
+            where = ":memory:"
         else:
             regular_file(self.path, StoreError)
         try:
             self.db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
+                where, isolation_level=None, timeout=30, check_same_thread=False
             )
             if fresh:
                 self.db.execute("PRAGMA journal_mode = WAL")
@@ -183,13 +191,8 @@ class ServerStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.db):
             yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def log_path(self, job: int) -> Path:
         return self.dir / "jobs" / f"{job}.log"
