@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,7 +223,15 @@ def test_a_server_restart_neither_kills_nor_forgets_a_job(
     op = tokens["operator"]
     job = server.call("POST", "/api/v1/pipeline/mnt2tst", token=op).json()["id"]
     server.wait_status(job, op, "running")
-    server.stop(signal.SIGINT)  # Ctrl-C
+    # A browser follows the job: its open event stream must not keep the server up.
+    follower = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    follower.sendall(
+        f"GET /api/v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {op}\r\n\r\n".encode()
+    )
+    assert follower.recv(4096).startswith(b"HTTP/1.1 200")
+    server.stop(signal.SIGINT)  # Ctrl-C; stop() gives it 30 s
+    follower.close()
     row = ServerStore(fleet.home).job(job)
     assert row is not None and row.status is JobStatus.RUNNING
     assert row.runner is not None

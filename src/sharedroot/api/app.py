@@ -9,7 +9,6 @@ command in a process of its own; `?dry_run=true` answers the command's plan at o
 # inside create_app from the annotations, which must be objects, not strings.
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from fastapi.staticfiles import StaticFiles
 
 from sharedroot.api import jobs as joblib
+from sharedroot.api import sse
 from sharedroot.api.actions import Command, GuestAction, PipelineOp, command
 from sharedroot.api.auth import (
     COOKIE,
@@ -44,7 +44,6 @@ from sharedroot.workflows.context import Site
 API = "/api/v1"
 SETTLE_EVERY = 1.0  # seconds between two looks for runners that died
 EVENT_POLL = 0.2  # seconds between two looks for a job's new events
-KEEPALIVE = 15.0  # seconds between two SSE comments while a job is quiet
 Options = Annotated[dict[str, Any] | None, Body(description="the command's own options")]
 
 
@@ -226,11 +225,7 @@ def create_app(home: Path) -> FastAPI:
         one_job(store, job)
         last = request.headers.get("last-event-id", "0")
         after = int(last) if last.isdecimal() else 0
-        return StreamingResponse(
-            _events(home, job, after),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return sse.response(_events(home, job, after))
 
     # -- tokens
 
@@ -309,25 +304,29 @@ def create_app(home: Path) -> FastAPI:
 
 
 async def _events(home: Path, job: int, after: int) -> AsyncIterator[str]:
-    """Server-sent events: each new event of the job, then `end` once it has ended."""
+    """Server-sent events: each new event of the job, then `done` once it has ended."""
     store = ServerStore(home)
-    quiet = 0.0
+
+    async def poll() -> tuple[list[str], bool]:
+        nonlocal after
+        new = await asyncio.to_thread(store.events, job, after)
+        sent = [
+            sse.message(
+                e.kind,
+                {"seq": e.seq, "at": e.at, "text": e.text, "done": e.done, "total": e.total},
+                e.seq,
+            )
+            for e in new
+        ]
+        after = new[-1].seq if new else after
+        row = await asyncio.to_thread(store.job, job)
+        if row is None or (row.status.ended and not new):
+            sent.append(sse.message("done", {"status": row.status.value if row else "gone"}))
+            return sent, True
+        return sent, False
+
     try:
-        while True:
-            new = await asyncio.to_thread(store.events, job, after)
-            for e in new:
-                after = e.seq
-                data = {"seq": e.seq, "at": e.at, "text": e.text, "done": e.done, "total": e.total}
-                yield f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(data)}\n\n"
-            row = await asyncio.to_thread(store.job, job)
-            if row is None or (row.status.ended and not new):
-                status = row.status.value if row else "gone"
-                yield f"event: done\ndata: {json.dumps({'status': status})}\n\n"
-                return
-            quiet = 0.0 if new else quiet + EVENT_POLL
-            if quiet >= KEEPALIVE:
-                quiet = 0.0
-                yield ": keepalive\n\n"
-            await asyncio.sleep(EVENT_POLL)
+        async for text in sse.stream(poll, EVENT_POLL):
+            yield text
     finally:
         store.close()

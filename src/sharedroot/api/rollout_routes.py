@@ -7,7 +7,6 @@ A new rollout answers 202 with Location: /api/v1/rollouts/ID; its own process ru
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations.
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sharedroot.api import rollouts as ro
+from sharedroot.api import sse
 from sharedroot.api.auth import Principal, require
 from sharedroot.api.params import RowId
 from sharedroot.model.access import ApiRole
@@ -26,7 +26,6 @@ from sharedroot.workflows.context import Site
 
 API = "/api/v1"
 POLL = 0.5  # seconds between two looks at a rollout for its event stream
-KEEPALIVE = 15.0  # seconds between two SSE comments while nothing changes
 
 
 class RolloutBody(BaseModel):
@@ -127,11 +126,7 @@ def rollout_router(home: Path, caller: Callable[..., Principal]) -> APIRouter:
     @router.get("/{rollout}/events")
     def events(rollout: RowId, who: Viewer, store: Store) -> StreamingResponse:
         ro.one(store, rollout)
-        return StreamingResponse(
-            _events(home, rollout),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return sse.response(_events(home, rollout))
 
     return router
 
@@ -142,25 +137,24 @@ async def _events(home: Path, rollout: int) -> AsyncIterator[str]:
     store = RolloutStore(home)
     seen: dict[str, Any] | None = None
     seq = 0
-    quiet = 0.0
+
+    async def poll() -> tuple[list[str], bool]:
+        nonlocal seen, seq
+        await asyncio.to_thread(ro.settle, store)
+        row = await asyncio.to_thread(store.rollout, rollout)
+        if row is None:
+            return [sse.message("done", {"state": "gone"})], True
+        now = await asyncio.to_thread(ro.view, store, row)
+        sent = []
+        if now != seen:
+            seen, seq = now, seq + 1
+            sent.append(sse.message("rollout", now, seq))
+        if row.state.ended:
+            return [*sent, sse.message("done", {"state": row.state.value})], True
+        return sent, False
+
     try:
-        while True:
-            await asyncio.to_thread(ro.settle, store)
-            row = await asyncio.to_thread(store.rollout, rollout)
-            if row is None:
-                yield f"event: done\ndata: {json.dumps({'state': 'gone'})}\n\n"
-                return
-            now = await asyncio.to_thread(ro.view, store, row)
-            if now != seen:
-                seen, seq, quiet = now, seq + 1, 0.0
-                yield f"id: {seq}\nevent: rollout\ndata: {json.dumps(now)}\n\n"
-            if row.state.ended:
-                yield f"event: done\ndata: {json.dumps({'state': row.state.value})}\n\n"
-                return
-            quiet += POLL
-            if quiet >= KEEPALIVE:
-                quiet = 0.0
-                yield ": keepalive\n\n"
-            await asyncio.sleep(POLL)
+        async for text in sse.stream(poll, POLL):
+            yield text
     finally:
         store.close()

@@ -95,6 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> Result:
             uds=None if socket is None else str(socket),
             log_level="warning",
             lifespan="on",
+            # Open event streams never end by themselves: Ctrl-C cuts them after this.
+            timeout_graceful_shutdown=3,
         )
         uvicorn.Server(config).run()
     finally:
