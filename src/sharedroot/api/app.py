@@ -37,6 +37,8 @@ from sharedroot.api.rollout_routes import rollout_router, rollout_store
 from sharedroot.api.views import guest_view, pipeline_view, site_view, slots_view
 from sharedroot.errors import InputError, RefusedError, SharedrootError
 from sharedroot.model.access import TOKEN_RULE, ApiRole, JobStatus
+from sharedroot.store import retention
+from sharedroot.store.rollouts import RolloutStore
 from sharedroot.store.serverdb import ServerStore
 from sharedroot.workflows import inventory, journal, metrics, report
 from sharedroot.workflows.context import Site
@@ -44,10 +46,13 @@ from sharedroot.workflows.context import Site
 API = "/api/v1"
 SETTLE_EVERY = 1.0  # seconds between two looks for runners that died
 EVENT_POLL = 0.2  # seconds between two looks for a job's new events
+PRUNE_EVERY = 3600.0  # seconds between two prunings of what has outstayed that
 Options = Annotated[dict[str, Any] | None, Body(description="the command's own options")]
 
 
-def create_app(home: Path) -> FastAPI:
+def create_app(home: Path, keep_days: int = retention.KEEP_DAYS) -> FastAPI:
+    """The API and dashboard of the site at `home`; ended jobs and rollouts stay
+    `keep_days` days (0: for good)."""
     store = ServerStore(home)
     try:
         key = store.secret()
@@ -57,6 +62,7 @@ def create_app(home: Path) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(_settle, resume=True)
+        await asyncio.to_thread(_prune)
         task = asyncio.create_task(_settle_forever())
         yield
         task.cancel()
@@ -68,10 +74,23 @@ def create_app(home: Path) -> FastAPI:
         finally:
             store.close()
 
+    def _prune() -> None:
+        if keep_days:
+            store = RolloutStore(home)
+            try:
+                retention.prune(store, retention.cutoff(keep_days))
+            finally:
+                store.close()
+
     async def _settle_forever() -> None:
+        since_prune = 0.0
         while True:
             await asyncio.sleep(SETTLE_EVERY)
             await asyncio.to_thread(_settle)
+            since_prune += SETTLE_EVERY
+            if since_prune >= PRUNE_EVERY:
+                since_prune = 0.0
+                await asyncio.to_thread(_prune)
 
     app = FastAPI(
         title="sharedroot",

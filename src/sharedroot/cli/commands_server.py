@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> Result:
         where = f"unix:{socket}" if socket else f"http://{host}:{args.port}"
         print(f"sharedroot: serving {home} at {where} (Ctrl-C stops; running jobs go on)")
         config = uvicorn.Config(
-            create_app(home),
+            create_app(home, args.keep_days),
             host=host,
             port=args.port,
             uds=None if socket is None else str(socket),

@@ -8,11 +8,18 @@ from sharedroot.cli import commands_server as c
 from sharedroot.cli.argtypes import UsageError
 from sharedroot.cli.grammar import Add
 from sharedroot.model.access import ApiRole
+from sharedroot.store.retention import KEEP_DAYS
 
 
 def _port(text: str) -> int:
     if not text.isdecimal() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"port {text!r}: a number from 1 to 65535")
+    return int(text)
+
+
+def _keep_days(text: str) -> int:
+    if not text.isdecimal() or int(text) > 36500:
+        raise argparse.ArgumentTypeError(f"--keep-days {text!r}: a number of days, 0 to 36500")
     return int(text)
 
 
@@ -42,6 +49,14 @@ def add_server_commands(add: Add) -> None:
     )
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     p.add_argument("--socket", metavar="PATH", help="listen on this unix socket instead of TCP")
+    p.add_argument(
+        "--keep-days",
+        type=_keep_days,
+        default=KEEP_DAYS,
+        metavar="N",
+        help=f"ended jobs and rollouts, their logs and events, go after N days (default"
+        f" {KEEP_DAYS}; 0 keeps them for good); the newest of each always stays",
+    )
 
     p = add(
         "token",
