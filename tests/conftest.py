@@ -35,6 +35,43 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"free space for temporary folders: {free / 2**30:.1f} GiB"
 
 
+# Folders a module-scoped fixture made (guests' disks, fleets): gone at its teardown, not
+# at the end of the run, so the run's disk use is one module's at a time. Folders that
+# session fixtures made while it was being set up are theirs, and stay.
+_MODULE_DIRS: dict[int, set[Path]] = {}
+_SESSION_DIRS: set[Path] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> Iterator[object]:
+    if fixturedef.scope not in ("module", "session") or fixturedef.argname == "tmp_path_factory":
+        return (yield)
+    base = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    before = set(base.iterdir())
+    try:
+        return (yield)
+    finally:
+        made = set(base.iterdir()) - before
+        if fixturedef.scope == "session":
+            _SESSION_DIRS.update(made)
+        else:
+            _MODULE_DIRS[id(fixturedef)] = made - _SESSION_DIRS
+
+
+def pytest_fixture_post_finalizer(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> None:
+    made = _MODULE_DIRS.pop(id(fixturedef), set())
+    if not made or request.session.testsfailed:
+        return  # kept for a look, as pytest keeps a failed test's folder
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for path in made:
+        if not any(m == str(path) or m.startswith(f"{path}/") for m in mounts):
+            shutil.rmtree(path, ignore_errors=True)  # never into a mount left behind
+
+
 # The paper's own sample parm file (§1.6.4), as it stands in the paper.
 PAPER_SAMPLE = """ramdisk_size=65536 root=/dev/ram1 ro init=/linuxrc TERM=dumb
 HostIP=129.40.179.227 Hostname=ntc227.pbm.ihost.com

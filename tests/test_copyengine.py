@@ -81,7 +81,7 @@ def assert_good_copy(src: Path, dst: Path, src_sha: str, result: CopyResult) -> 
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 256 MiB sparse ext4 image with ~78 MiB of files in several block groups."""
     base = tmp_path_factory.mktemp("image")
@@ -105,7 +105,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return img
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def image_sha(image: Path) -> str:
     return sha256(image)
 
@@ -133,12 +133,12 @@ def _loop_fs(base: Path, kind: str) -> Iterator[Path]:
         backing.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def xfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield from _loop_fs(tmp_path_factory.mktemp("xfs"), "xfs")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def btrfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield from _loop_fs(tmp_path_factory.mktemp("btrfs"), "btrfs")
 

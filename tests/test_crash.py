@@ -460,7 +460,7 @@ def discard(home: Path) -> None:
     shutil.rmtree(home.parent)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     missing = [p for p in REQUIRED if shutil.which(p) is None]
     assert not missing, f"the crash suite needs {', '.join(missing)}"
@@ -490,7 +490,7 @@ class Outcome:
     phase: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest, lab: Lab) -> Iterator[dict[int, Future[Outcome]]]:
     """The selected trials, run WORKERS at a time once their references are made."""
     chosen = [
