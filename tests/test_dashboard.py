@@ -220,7 +220,7 @@ def test_a_rollout_from_its_form_pauses_shows_the_failed_log_and_aborts(
     browser.find_element(By.CSS_SELECTOR, "#chip-LNX001 a.log").click()
     wait_for(browser, lambda d: "/clones/LNX001/log" in d.current_url, "the clone's log")
     log = browser.find_element(By.TAG_NAME, "pre").text
-    assert "> sharedroot migrate LNX001 --slot 2 --reboot --yes" in log
+    assert "> sharedroot migrate LNX001 --slot 2 --reboot --parallel 1 --yes" in log
     assert "gold slot 2 (S10GOLD2) holds nothing yet" in log
     browser.back()
     wait_for(browser, lambda d: d.find_elements(By.ID, "rollout-abort"), "the page again")

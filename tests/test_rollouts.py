@@ -53,13 +53,20 @@ def test_the_canary_goes_alone_until_one_passes() -> None:
 
 def test_migrate_steps_tell_the_clone_state() -> None:
     # The lines migrate --reboot writes (workflows/migrate.py, relink.py, guest.py).
-    assert state_of_step("wave 1: stopping LNX227") is CloneState.STOPPING
-    assert state_of_step("LNX227: LINK S10GOLD2 21Bx RR (gold slot 1 -> 2)") is CloneState.RELINKING
-    assert (
-        state_of_step("LNX227: merge /local/etc (slot 1 template -> slot 2)")
-        is CloneState.MERGING_ETC
+    assert state_of_step("wave 1: stopping LNX227, LNX228") == (
+        CloneState.STOPPING,
+        ["LNX227", "LNX228"],
     )
-    assert state_of_step("wave 1: starting LNX227") is CloneState.BOOTING
+    assert state_of_step("LNX227: LINK S10GOLD2 21Bx RR (gold slot 1 -> 2)") == (
+        CloneState.RELINKING,
+        ["LNX227"],
+    )
+    assert state_of_step("LNX227: merge /local/etc (slot 1 template -> slot 2)") == (
+        CloneState.MERGING_ETC,
+        ["LNX227"],
+    )
+    assert state_of_step("wave 1: starting LNX227") == (CloneState.BOOTING, ["LNX227"])
+    assert state_of_step("waiting until LNX228 is ready") == (CloneState.BOOTING, ["LNX228"])
     assert state_of_step("LNX227: /etc/bash.bashrc: changed on both sides") is None
 
 
@@ -150,9 +157,32 @@ def test_failures_beyond_max_failures_fail_the_rollout(fleet: Path) -> None:
     }
     assert "2 clone(s) failed (LNX1, LNX2), more than max failures 1" in view["message"]
     log = Path(view["clones"][0]["log"]).read_text()
-    assert "> sharedroot migrate LNX1 --slot 1 --reboot --yes" in log
+    assert "> sharedroot migrate LNX1 --slot 1 --reboot --parallel 1 --yes" in log
     # A second rollout may take the clones now that this one has ended.
     assert show(fleet, start(fleet, "LNX3", "--slot", "1"))["clones"][0]["clone"] == "LNX3"
+
+
+def test_a_wave_moves_its_clones_in_one_migrate(fleet: Path) -> None:
+    store = RolloutStore(fleet)
+    try:
+        rid = store.add_rollout(["LNX1", "LNX2", "LNX3"], 1, 2, False, 5, {"clones": []}, "t")
+        store.set_clone(rid, "LNX1", CloneState.OK, first=True)  # its canary has passed
+        assert run_rollout(fleet, rid) == 0
+        view = ro.view(store, ro.one(store, rid))
+        wave_log = store.wave_log(rid, 1)
+    finally:
+        store.close()
+    assert clones(view) == {
+        "LNX1": ("ok", None, None),
+        "LNX2": ("failed", 1, EMPTY_SLOT),
+        "LNX3": ("failed", 1, EMPTY_SLOT),
+    }
+    assert view["waves"] == [{"wave": 1, "clones": ["LNX2", "LNX3"]}]
+    for c in view["clones"][1:]:
+        log = Path(c["log"]).read_text()
+        assert "> sharedroot migrate LNX2 LNX3 --slot 1 --reboot --parallel 2 --yes" in log
+        assert f"> the wave's whole log: {wave_log}" in log
+    assert "gold slot 1 (S10GOLD) holds nothing yet" in wave_log.read_text()
 
 
 def test_a_rollout_holds_its_clones(fleet: Path) -> None:
@@ -332,22 +362,25 @@ def test_the_api(server: tuple[str, dict[str, str]], fleet: Path) -> None:
 # -- with real guests
 
 
+CLONES = ("LNX241", "LNX242", "LNX243")
+
+
 @pytest.fixture(scope="module")
-def two_clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
-    """Two read-only clones running on gold slot 1; slot 2 holds the same gold, promoted
+def three_clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootSite]:
+    """Three read-only clones running on gold slot 1; slot 2 holds the same gold, promoted
     after them."""
     s = BootSite.installed(tmp_path_factory, "rollout")
     s.run("mnt2gold", "--yes")
     s.run("mnt2rogld", "--yes")
     s.run("ro2gold", "--slot", "1", "--yes")
-    for n, g in enumerate(("LNX241", "LNX242"), start=41):
+    for n, g in enumerate(CLONES, start=41):
         s.run("define", g, "--ro", "--hostname", g.lower(), "--ip", f"10.0.2.{n}",
               "--gateway", "10.0.2.2")  # fmt: skip
-    s.run("clonero", "LNX241", "LNX242", "--yes")  # they link slot 1, the current one
-    s.start("LNX241", "LNX242")
+    s.run("clonero", *CLONES, "--yes")  # they link slot 1, the current one
+    s.start(*CLONES)
     s.run("ro2gold", "--slot", "2", "--yes")  # nobody links slot 2: allowed meanwhile
     yield s
-    for g in ("LNX241", "LNX242"):
+    for g in CLONES:
         s.run("stop", g, "--timeout", "30", check=False)
 
 
@@ -356,17 +389,18 @@ BOOTS = 1800.0  # seconds for a wave of real boots under TCG on a loaded machine
 
 @pytest.mark.boot
 @pytest.mark.skipif(os.geteuid() != 0, reason="guests need root (loop mounts, QEMU)")
-def test_two_running_clones_pause_after_the_canary(
-    two_clones: BootSite, tmp_path_factory: pytest.TempPathFactory
+def test_running_clones_pause_after_the_canary_then_move_side_by_side(
+    three_clones: BootSite, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Started from the dashboard's form, followed live in the browser, resumed there; then
-    a verify started from a clone's page, its steps shown while it runs."""
-    home = two_clones.home
+    """Started from the dashboard's form, followed live in the browser, resumed there (the
+    second wave's two clones in one migrate); then a verify started from a clone's page,
+    its steps shown while it runs."""
+    home = three_clones.home
     shots = bk.artifact_dir(tmp_path_factory)
     tokens = bk.add_tokens(home, [ApiRole.OPERATOR])
     with bk.serving(home) as url, bk.chromium() as browser:
         bk.sign_in(browser, bk.Server(url, home, tokens), tokens[ApiRole.OPERATOR], "/rollouts")
-        browser.find_element(By.ID, "ro-clones").send_keys("LNX241 LNX242")
+        browser.find_element(By.ID, "ro-clones").send_keys(" ".join(CLONES))
         Select(browser.find_element(By.ID, "ro-slot")).select_by_value("2")
         browser.find_element(By.ID, "ro-wave").clear()
         browser.find_element(By.ID, "ro-wave").send_keys("2")
@@ -382,19 +416,24 @@ def test_two_running_clones_pause_after_the_canary(
             return bk.rollout_state(browser) == "paused"
 
         bk.wait_for(browser, paused, "paused after the canary", BOOTS)
-        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "pending"}
+        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "pending", "LNX243": "pending"}
         assert seen & {"stopping", "relinking", "merging_etc", "booting", "verifying"}, seen
         browser.save_screenshot(str(shots / "rollout-paused.png"))
         view = show(home, rid)
-        assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("pending", None, None)}
-        assert view["selection"] == {"clones": ["LNX241", "LNX242"]}
-        assert two_clones.state("LNX241") == "logged_on"
+        assert clones(view) == {
+            "LNX241": ("ok", 1, None),
+            "LNX242": ("pending", None, None),
+            "LNX243": ("pending", None, None),
+        }
+        assert view["selection"] == {"clones": list(CLONES)}
+        assert view["planned"] == [["LNX242", "LNX243"]]
+        assert three_clones.state("LNX241") == "logged_on"
         log = Path(view["clones"][0]["log"]).read_text()
         assert "> wave 1: stopping LNX241" in log and "> wave 1: starting LNX241" in log
         assert "> sharedroot verify LNX241" in log and log.endswith("> ok\n")
         browser.find_element(By.ID, "rollout-resume").click()
         bk.wait_for(browser, lambda d: bk.rollout_state(d) in ("succeeded", "failed"), "end", BOOTS)
-        assert bk.chip_states(browser) == {"LNX241": "ok", "LNX242": "ok"}
+        assert bk.chip_states(browser) == dict.fromkeys(CLONES, "ok")
         assert bk.rollout_state(browser) == "succeeded", show(home, rid)
         bk.wait_for(
             browser, lambda d: d.find_element(By.ID, "live").text == "ended: succeeded", "end"
@@ -422,5 +461,14 @@ def test_two_running_clones_pause_after_the_canary(
         browser.save_screenshot(str(shots / "verify-live.png"))
     view = show(home, rid)
     assert view["state"] == "succeeded", view
-    assert clones(view) == {"LNX241": ("ok", 1, None), "LNX242": ("ok", 2, None)}
-    assert "S10GOLD2 LINKS: [[GOLD 2]] LNX241 LNX242" in two_clones.run("linked").stdout
+    assert clones(view) == {
+        "LNX241": ("ok", 1, None),
+        "LNX242": ("ok", 2, None),
+        "LNX243": ("ok", 2, None),
+    }
+    for clone in ("LNX242", "LNX243"):  # one migrate stopped, moved and booted them both
+        log = Path(next(c["log"] for c in view["clones"] if c["clone"] == clone)).read_text()
+        assert "> wave 1: stopping LNX242, LNX243" in log
+        assert "> wave 1: starting LNX242, LNX243" in log
+        assert log.endswith("> ok\n")
+    assert "S10GOLD2 LINKS: [[GOLD 2]] LNX241 LNX242 LNX243" in three_clones.run("linked").stdout

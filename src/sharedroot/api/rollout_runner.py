@@ -1,11 +1,13 @@
 """One rollout's process: `python -m sharedroot.api.rollout_runner HOME ROLLOUT`.
 
-Wave after wave, each clone as a person would move it: `sharedroot --json migrate
-CLONE --slot N --reboot --yes`, then `sharedroot --json verify CLONE` as the gate, so
-every guard of the CLI holds. The migrate's step lines (its $SHAREDROOT_EVENTS_FD)
-tell the clone's state; its output goes to the clone's log. Between two clones the
-process reads the rollout's flags in server.db: abort stops before the next clone (a
-migrate that has begun always ends), pause takes effect after the wave. It ends the
+Wave after wave, each wave as a person would move it: `sharedroot --json migrate
+C1 C2 ... --slot N --reboot --parallel K --yes` (which stops, relinks and boots the
+wave's clones side by side), then `sharedroot --json verify CLONE` of every clone it
+moved, all at once, as the gate; so every guard of the CLI holds. The migrate's step
+lines (its $SHAREDROOT_EVENTS_FD) tell each clone's state; its whole output goes to
+the wave's log, the lines naming a clone also to that clone's log. Between two waves
+the process reads the rollout's flags in server.db: abort stops before the next wave
+(a migrate that has begun always ends), pause takes effect after the wave. It ends the
 rollout (or pauses it) in server.db and exits.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +25,7 @@ from sharedroot.model.rollout import CloneState, RolloutState, next_wave, state_
 from sharedroot.model.types import GuestState
 from sharedroot.store.rollouts import RolloutRow, RolloutStore
 from sharedroot.workflows.context import Site
+from sharedroot.workflows.relink import slot_of
 
 
 def run_rollout(home: Path, rollout: int) -> int:
@@ -82,16 +86,7 @@ def _drive(home: Path, store: RolloutStore, rollout: int) -> None:
             return
         number = row.wave + 1
         store.begin_wave(rollout, number, wave)
-        for n, clone in enumerate(wave):
-            if n and _row(store, rollout).abort:
-                store.move(
-                    rollout, [RolloutState.RUNNING], RolloutState.ABORTED, f"aborted before {clone}"
-                )
-                return
-            _one_clone(home, store, row, clone)
-            gone = sum(1 for c in store.clones(rollout) if c.state is CloneState.FAILED)
-            if gone > row.max_failures:
-                break  # the top of the loop ends the rollout
+        _wave(home, store, row, number, wave)
         row = _row(store, rollout)
         clones = [(c.clone, c.state) for c in store.clones(rollout)]
         failed = [n for n, s in clones if s is CloneState.FAILED]
@@ -105,33 +100,71 @@ def _drive(home: Path, store: RolloutStore, rollout: int) -> None:
 
 def _row(store: RolloutStore, rollout: int) -> RolloutRow:
     row = store.rollout(rollout)
-    assert row is not None  # rollouts are never deleted
+    assert row is not None  # only ended rollouts are ever pruned
     return row
 
 
-def _one_clone(home: Path, store: RolloutStore, row: RolloutRow, clone: str) -> None:
-    log_path = store.clone_log(row.id, clone)
-    out_path = log_path.with_suffix(".out")
-    store.set_clone(row.id, clone, _first_state(home, clone), first=True)
-    with open(log_path, "ab", buffering=0) as log:
+def _wave(home: Path, store: RolloutStore, row: RolloutRow, number: int, wave: list[str]) -> None:
+    for clone in wave:
+        store.set_clone(row.id, clone, _first_state(home, clone), first=True)
+    logs = {c: open(store.clone_log(row.id, c), "ab", buffering=0) for c in wave}  # noqa: SIM115
+    wave_log = store.wave_log(row.id, number)
+    try:
+        migrate = ["migrate", *wave, "--slot", str(row.slot), "--reboot"]
+        migrate += ["--parallel", str(len(wave)), "--yes"]
+        for log in logs.values():
+            log.write(f"> sharedroot {' '.join(migrate)}\n".encode())
 
-        def step(text: str) -> None:
-            state = state_of_step(text)
-            if state is not None:
-                store.set_clone(row.id, clone, state)
+        def step(text: str) -> None:  # a line naming clones goes to their logs too
+            begun = state_of_step(text)
+            named = begun[1] if begun else [c for c in logs if text.startswith(f"{c}: ")]
+            for clone in (c for c in named if c in logs):
+                logs[clone].write(f"> {text}\n".encode())
+                if begun is not None:
+                    store.set_clone(row.id, clone, begun[0])
 
-        migrate = ["migrate", clone, "--slot", str(row.slot), "--reboot", "--yes"]
-        code, result = _command(home, migrate, log, out_path, step)
-        if code != 0:
-            store.set_clone(row.id, clone, CloneState.FAILED, _failure("migrate", result, log_path))
-            return
-        store.set_clone(row.id, clone, CloneState.VERIFYING)
-        code, result = _command(home, ["verify", clone], log, out_path, lambda text: None)
-        if code == 0 and isinstance(result, dict) and result.get("ok") is True:
-            store.set_clone(row.id, clone, CloneState.OK)
-            log.write(b"> ok\n")
-            return
-        store.set_clone(row.id, clone, CloneState.FAILED, _failure("verify", result, log_path))
+        with open(wave_log, "ab", buffering=0) as log:
+            code, result = _command(home, migrate, log, wave_log.with_suffix(".out"), step)
+        moved = wave if code == 0 else _on_slot(home, wave, row.slot)
+        for clone in wave:
+            if clone not in moved:
+                failure = _failure("migrate", result, wave_log)
+                logs[clone].write(f"> {failure}\n> the wave's whole log: {wave_log}\n".encode())
+                store.set_clone(row.id, clone, CloneState.FAILED, failure)
+        for clone in moved:
+            store.set_clone(row.id, clone, CloneState.VERIFYING)
+        with ThreadPoolExecutor(max(1, len(moved))) as pool:
+            verifies = {c: pool.submit(_verify, home, store, row.id, c, logs[c]) for c in moved}
+        for clone, done in verifies.items():  # here, so only this thread writes server.db
+            code, result = done.result()
+            if code == 0 and isinstance(result, dict) and result.get("ok") is True:
+                store.set_clone(row.id, clone, CloneState.OK)
+                logs[clone].write(b"> ok\n")
+            else:
+                failure = _failure("verify", result, store.clone_log(row.id, clone))
+                store.set_clone(row.id, clone, CloneState.FAILED, failure)
+    finally:
+        for log in logs.values():
+            log.close()
+
+
+def _verify(
+    home: Path, store: RolloutStore, rollout: int, clone: str, log: IO[bytes]
+) -> tuple[int, Any]:
+    out_path = store.clone_log(rollout, clone).with_suffix(".out")
+    return _command(home, ["verify", clone], log, out_path, lambda text: None)
+
+
+def _on_slot(home: Path, wave: list[str], slot: int) -> list[str]:
+    """The clones a failed migrate did move: those its verify is to judge."""
+    try:
+        site = Site.open(home, readonly=True)
+        try:
+            return [c for c in wave if slot_of(site, c) == slot]
+        finally:
+            site.state.close()
+    except SharedrootError:
+        return []
 
 
 def _first_state(home: Path, clone: str) -> CloneState:

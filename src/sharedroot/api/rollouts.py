@@ -145,7 +145,7 @@ def resume(home: Path, store: RolloutStore, rollout: int) -> RolloutRow:
 
 
 def abort(store: RolloutStore, rollout: int) -> RolloutRow:
-    """A paused rollout ends at once; a running one before its next clone (a clone in
+    """A paused rollout ends at once; a running one before its next wave (a wave in
     the middle of its migrate finishes it: a migrate is never cut halfway)."""
     row = one(store, rollout)
     if row.state.ended:

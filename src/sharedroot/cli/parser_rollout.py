@@ -49,12 +49,13 @@ def add_rollout_commands(add: Add) -> None:
         "rollout",
         c.cmd_rollout,
         "move read-only clones to a gold slot in waves, with verify as the gate: each"
-        " clone is `migrate CLONE --slot N --reboot`, then `verify CLONE`; the first wave"
+        " wave is one `migrate C1 C2 ... --slot N --reboot --parallel K` (side by side),"
+        " then `verify CLONE` of each clone it moved; the first wave"
         " is one clone alone until one passes (the canary), then waves of --wave-size."
         " `rollout start` returns at once with the rollout's ID: the rollout runs in a"
         " process of its own (the same one `serve` starts), which goes on when the"
         " command or the server ends. `rollout list`, `rollout show ID`; `rollout pause ID`"
-        " (after the current wave), `resume ID`, `abort ID` (before the next clone: a"
+        " (after the current wave), `resume ID`, `abort ID` (before the next wave: a"
         " migrate that has begun ends), `retry ID` (its failed clones again)",
     )
     p.add_argument("action", choices=["start", "list", *ON_ONE])

@@ -52,22 +52,23 @@ class CloneState(StrEnum):
         return self not in (CloneState.PENDING, CloneState.OK, CloneState.FAILED)
 
 
-# migrate's step lines (workflows/migrate.py, relink.py, guest.py) and the state each
-# one begins; any other line leaves the state as it is.
+# migrate's step lines (workflows/migrate.py, relink.py, guest.py), the clones each one
+# names and the state it begins for them; any other line leaves the states as they are.
 _STEPS = (
-    (re.compile(r"wave [0-9]+: stopping .*"), CloneState.STOPPING),
-    (re.compile(r"\S+: LINK .* RR \(gold slot .*"), CloneState.RELINKING),
-    (re.compile(r"\S+: finishing an interrupted migrate .*"), CloneState.RELINKING),
-    (re.compile(r"\S+: merge /local/etc .*"), CloneState.MERGING_ETC),
-    (re.compile(r"wave [0-9]+: starting .*"), CloneState.BOOTING),
-    (re.compile(r"waiting until \S+ is ready.*"), CloneState.BOOTING),
+    (re.compile(r"wave [0-9]+: stopping (?P<who>.+)"), CloneState.STOPPING),
+    (re.compile(r"(?P<who>\S+): LINK .* RR \(gold slot .*"), CloneState.RELINKING),
+    (re.compile(r"(?P<who>\S+): finishing an interrupted migrate .*"), CloneState.RELINKING),
+    (re.compile(r"(?P<who>\S+): merge /local/etc .*"), CloneState.MERGING_ETC),
+    (re.compile(r"wave [0-9]+: starting (?P<who>.+)"), CloneState.BOOTING),
+    (re.compile(r"waiting until (?P<who>\S+) is ready.*"), CloneState.BOOTING),
 )
 
 
-def state_of_step(text: str) -> CloneState | None:
+def state_of_step(text: str) -> tuple[CloneState, list[str]] | None:
+    """The state a step line begins, and the clones it begins it for."""
     for rule, state in _STEPS:
-        if rule.fullmatch(text):
-            return state
+        if found := rule.fullmatch(text):
+            return state, found["who"].split(", ")
     return None
 
 

@@ -92,6 +92,10 @@ class RolloutStore(ServerStore):
             raise InputError(f"clone {clone!r}: not a user ID (1-8 of A-Z 0-9 @ # $)")
         return self.dir / ROLLOUTS_DIR / str(rollout) / f"{clone}.log"
 
+    def wave_log(self, rollout: int, wave: int) -> Path:
+        """The whole log of one wave's migrate (a clone's log has its own lines of it)."""
+        return self.dir / ROLLOUTS_DIR / str(rollout) / f"wave-{wave}.log"
+
     def add_rollout(
         self,
         clones: Sequence[str],
