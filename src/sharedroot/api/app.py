@@ -46,7 +46,7 @@ from sharedroot.workflows.context import Site
 API = "/api/v1"
 SETTLE_EVERY = 1.0  # seconds between two looks for runners that died
 EVENT_POLL = 0.2  # seconds between two looks for a job's new events
-PRUNE_EVERY = 3600.0  # seconds between two prunings of what has outstayed that
+PRUNE_EVERY = 3600.0  # seconds between two prunings of what outstayed --keep-days
 Options = Annotated[dict[str, Any] | None, Body(description="the command's own options")]
 
 
