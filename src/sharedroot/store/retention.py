@@ -40,11 +40,12 @@ def prune(store: RolloutStore, before: str) -> Pruned:
         db.executemany("DELETE FROM rollouts WHERE id = ?", [(r,) for r in rollouts])
         kept_jobs = {r[0] for r in db.execute("SELECT id FROM jobs")}
         kept_rollouts = {r[0] for r in db.execute("SELECT id FROM rollouts")}
+    newest_job, newest_rollout = max(kept_jobs, default=0), max(kept_rollouts, default=0)
     for path in (store.dir / "jobs").glob("*"):
-        if _orphan(path.stem, kept_jobs) and path.is_file():
+        if _orphan(path.stem, kept_jobs, newest_job) and path.is_file():
             path.unlink(missing_ok=True)
     for path in (store.dir / ROLLOUTS_DIR).glob("*"):
-        if _orphan(path.name, kept_rollouts) and path.is_dir():
+        if _orphan(path.name, kept_rollouts, newest_rollout) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
     return Pruned(len(jobs), len(rollouts))
 
@@ -57,5 +58,5 @@ def _older(store: RolloutStore, table: str, before: str) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _orphan(name: str, kept: set[int]) -> bool:
-    return name.isdecimal() and bool(kept) and int(name) < max(kept) and int(name) not in kept
+def _orphan(name: str, kept: set[int], newest: int) -> bool:
+    return name.isdecimal() and int(name) < newest and int(name) not in kept
